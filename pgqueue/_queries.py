@@ -1,0 +1,50 @@
+"""Every SQL statement the Python side sends. The work itself is done by the pgqueue.* functions."""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+# The columns of a job, in JobRecord's field order.
+JOB_COLUMNS: Final[LiteralString] = (
+    "id, queue, name, data, priority, status, scheduled_at, attempts, max_attempts,"
+    " retry, last_error, result, created_at, updated_at, completed_at"
+)
+
+ENQUEUE: Final = "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb)"
+ENQUEUE_MANY: Final = (
+    "SELECT pgqueue.enqueue_many(%s::text[], %s::text[], %s::jsonb[], %s::int[],"
+    " %s::timestamptz[], %s::interval[], %s::int[], %s::jsonb[])"
+)
+ADD_RECURRING: Final = "SELECT pgqueue.add_recurring(%s, %s, %s, %s::jsonb, %s::jsonb)"
+GET_JOB: Final = "SELECT " + JOB_COLUMNS + " FROM pgqueue.get_job(%s)"  # noqa: S608 (constants)
+QUEUE_SIZE: Final = (
+    "SELECT pending_count, scheduled_count, running_count FROM pgqueue.queue_size(%s, %s)"
+)
+AVERAGE_TIME_TO_COMPLETION: Final = "SELECT pgqueue.average_time_to_completion(%s, %s, %s, %s)"
+STATUS_COUNTS: Final = "SELECT queue, name, state, count FROM pgqueue.status_counts()"
+
+# The worker's transaction, in the order it sends them.
+BEGIN: Final = "BEGIN"
+DEQUEUE: Final = "SELECT " + JOB_COLUMNS + " FROM pgqueue.dequeue(%s, %s, %s)"  # noqa: S608 (constants)
+SAVEPOINT: Final = "SAVEPOINT pgqueue_job"
+ROLLBACK_TO_SAVEPOINT: Final = "ROLLBACK TO SAVEPOINT pgqueue_job"
+COMPLETE: Final = "SELECT pgqueue.complete(%s, %s)"
+FAIL: Final = "SELECT status, scheduled_at, attempts FROM pgqueue.fail(%s, %s)"
+COMMIT: Final = "COMMIT"
+ROLLBACK: Final = "ROLLBACK"
+LISTEN: Final = "LISTEN pgqueue_jobs"
+NOTIFY_CHANNEL: Final = "pgqueue_jobs"
+
+# Migrations.
+MIGRATE_LOCK: Final = "SELECT pg_advisory_lock(1885827446)"
+MIGRATE_UNLOCK: Final = "SELECT pg_advisory_unlock(1885827446)"
+CREATE_SCHEMA: Final = "CREATE SCHEMA IF NOT EXISTS pgqueue"
+CREATE_MIGRATIONS_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS pgqueue.migrations ("
+    " version integer PRIMARY KEY,"
+    " name text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+)
+APPLIED_VERSIONS: Final = "SELECT version FROM pgqueue.migrations ORDER BY version"
+RECORD_MIGRATION: Final = "INSERT INTO pgqueue.migrations (version, name) VALUES (%s, %s)"
+MIGRATIONS_TABLE_EXISTS: Final = "SELECT to_regclass('pgqueue.migrations') IS NOT NULL"

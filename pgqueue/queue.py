@@ -1,0 +1,189 @@
+"""Enqueue and inspect jobs, on a psycopg Connection (joining its transaction) or a ConnectionPool."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import _queries as q
+from ._db import SqlTarget, connection, translate_errors
+from ._input import INT4_MAX, check_int, check_text, dump_data, enqueue_params
+from .errors import InvalidJobError
+from .records import JobRecord
+from .schedule import normalize_interval
+
+__all__ = [
+    "add_job_to_queue",
+    "add_jobs_to_queue",
+    "add_recurring_job_to_queue",
+    "average_time_to_completion",
+    "get_job",
+    "pending_queue_size",
+]
+
+
+def add_job_to_queue(
+    sql: SqlTarget,
+    job: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    data: Any = None,
+    scheduled_at: datetime | timedelta | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+    retry: Mapping[str, Any] | None = None,
+) -> int:
+    """Insert one job and return its id.
+
+    ``job`` is a Compas-style dict with the same keys as the keyword
+    arguments (keywords win). Defaults: ``name`` ``""``, ``data`` ``{}``,
+    ``scheduled_at`` now (a ``timedelta`` means that long after the
+    database's now()), ``priority`` 1 (lower runs first), ``queue``
+    ``"default"``, ``max_attempts`` 5, ``retry`` the default exponential
+    policy (see :func:`pgqueue.retry.normalize_retry`). An empty job is an
+    immediate job of the highest default priority.
+
+    On a Connection the insert joins the caller's open transaction: if the
+    caller rolls back, the job never existed. On a pool it commits at once.
+    Raises InvalidJobError for bad input (nothing is written).
+    """
+    overrides = {
+        key: value
+        for key, value in {
+            "name": name,
+            "data": data,
+            "scheduled_at": scheduled_at,
+            "priority": priority,
+            "queue": queue,
+            "max_attempts": max_attempts,
+            "retry": retry,
+        }.items()
+        if value is not None
+    }
+    params = enqueue_params(job, overrides)
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(q.ENQUEUE, params.as_tuple()).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list[int]:
+    """Insert many jobs in one statement and return their ids, in input order.
+
+    Each job is a dict as for :func:`add_job_to_queue`. All of them are
+    validated before anything is sent; one bad job raises InvalidJobError
+    (naming its index) and none is written. One NOTIFY per queue, not per job.
+    """
+    columns: list[list[Any]] = [[] for _ in range(8)]
+    for index, job in enumerate(jobs):
+        try:
+            params = enqueue_params(job, {})
+        except InvalidJobError as exc:
+            raise InvalidJobError(f"job {index}: {exc}") from exc
+        for column, value in zip(columns, params.as_tuple(), strict=True):
+            column.append(value)
+    if not columns[0]:
+        return []
+    with connection(sql) as conn, translate_errors():
+        rows = conn.execute(q.ENQUEUE_MANY, columns).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def add_recurring_job_to_queue(
+    sql: SqlTarget,
+    *,
+    name: str,
+    interval: Mapping[str, Any] | timedelta,
+    priority: int = 1,
+    data: Any = None,
+    queue: str | None = None,
+) -> int:
+    """Schedule job ``name`` to be enqueued every ``interval``; return the recurring job's id.
+
+    A built-in recurring job (name ``pgqueue.recurring``) runs first at once,
+    then, each time it runs, enqueues ``name`` (with ``data``, at
+    ``priority + 1``) and reschedules itself at its previous scheduled time
+    plus ``interval``, or now plus ``interval`` when that is already past.
+    ``interval`` is a dict of years, months, weeks, days, hours, minutes,
+    seconds (calendar arithmetic, in UTC) or a timedelta.
+
+    Calling it again for the same name overwrites priority, interval, data
+    and queue of the scheduled one without moving its next run; it never
+    creates a second one, also when called concurrently.
+    """
+    check_text("name", name)
+    if not name:
+        raise InvalidJobError("name must not be empty")
+    check_int("priority", priority, high=INT4_MAX - 1)
+    spec = normalize_interval(interval)
+    payload = dump_data(data) if data is not None else None
+    if queue is not None:
+        check_text("queue", queue)
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(
+            q.ADD_RECURRING, (queue, name, priority, json.dumps(spec), payload)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def get_job(sql: SqlTarget, job_id: int) -> JobRecord | None:
+    """Return the job with its status, attempts, last error and timestamps; None if unknown.
+
+    ``status`` is ``running`` while a worker holds the job.
+    """
+    check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(q.GET_JOB, (job_id,)).fetchone()
+    return None if row is None else JobRecord.from_row(row)
+
+
+def pending_queue_size(
+    sql: SqlTarget,
+    *,
+    name: str | None = None,
+    queues: Sequence[str] | None = None,
+) -> dict[str, int]:
+    """Count unfinished jobs: ``pending_count`` (due, waiting for a worker),
+    ``scheduled_count`` (not due yet) and ``running_count`` (held by a worker now).
+
+    Restricted to job ``name`` and/or ``queues`` when given.
+    """
+    names = None if name is None else [check_text("name", name)]
+    queue_list = _queue_list(queues)
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(q.QUEUE_SIZE, (queue_list, names)).fetchone()
+    assert row is not None
+    return {"pending_count": row[0], "scheduled_count": row[1], "running_count": row[2]}
+
+
+def average_time_to_completion(
+    sql: SqlTarget,
+    start: datetime,
+    end: datetime,
+    *,
+    name: str | None = None,
+    queues: Sequence[str] | None = None,
+) -> float:
+    """Mean seconds from scheduled_at to completion over jobs completed in (start, end]; 0.0 if none."""
+    for what, value in (("start", start), ("end", end)):
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidJobError(f"{what} must be a timezone-aware datetime")
+    names = None if name is None else [check_text("name", name)]
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(
+            q.AVERAGE_TIME_TO_COMPLETION, (start, end, _queue_list(queues), names)
+        ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def _queue_list(queues: Sequence[str] | None) -> list[str] | None:
+    if queues is None:
+        return None
+    if isinstance(queues, str):
+        return [check_text("queue", queues)]
+    return [check_text("queue", queue) for queue in queues]

@@ -1,0 +1,63 @@
+"""What a job looks like to Python: the JobRecord handed to handlers and returned by get_job."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = ["JobRecord", "JobStatus"]
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job stands.
+
+    ``pending`` jobs wait for their ``scheduled_at``; ``running`` is reported
+    (by get_job) while a worker's transaction holds the job; ``completed``,
+    ``failed`` (attempts used up) and ``cancelled`` are final and kept for
+    inspection.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One job, as stored.
+
+    Handed to handlers (then ``attempts`` counts the attempt now running,
+    1 for the first) and returned by :func:`pgqueue.get_job` (then it counts
+    the attempts made so far).
+    """
+
+    id: int
+    queue: str
+    name: str
+    data: Any
+    priority: int
+    status: JobStatus
+    scheduled_at: datetime
+    attempts: int
+    max_attempts: int
+    retry: dict[str, Any] | None
+    last_error: str | None
+    result: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
+        """Build a record from a row selected as ``_queries.JOB_COLUMNS``."""
+        values = list(row)
+        values[5] = JobStatus(values[5])
+        return cls(*values)
+
+
+JobStatus.__module__ = "pgqueue"
+JobRecord.__module__ = "pgqueue"

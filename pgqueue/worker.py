@@ -1,0 +1,433 @@
+"""The worker: claim due jobs, run each handler inside its job's transaction, complete or fail it.
+
+Each slot (thread) owns one connection and runs, per job:
+
+1. ``BEGIN; SELECT ... FROM pgqueue.dequeue(...); SAVEPOINT`` in one round trip
+   (psycopg pipeline mode); the job's row stays locked by this transaction.
+2. ``handler(conn, job)`` on that connection, inside the transaction.
+3. Success: ``pgqueue.complete(id); COMMIT`` in one round trip: the handler's
+   writes and the completion commit together.
+   Failure: ``ROLLBACK TO SAVEPOINT; pgqueue.fail(id, error); COMMIT``: the
+   handler's writes vanish, the failed attempt is recorded and the job is
+   scheduled again with backoff (or marked failed when out of attempts).
+
+A worker that dies mid-job loses nothing: Postgres rolls the transaction back
+and the job is due again. Idle slots sleep until a NOTIFY (one listener
+connection per worker) or ``poll_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, TypeAlias
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from . import _queries as q
+from . import queue as _queue
+from ._db import connect
+from ._input import check_text
+from .errors import ConfigurationError
+from .migrate import check_schema
+from .records import JobRecord
+
+__all__ = ["Handler", "JobQueueWorker", "RECURRING_JOB_NAME"]
+
+logger = logging.getLogger(__name__)
+
+#: The name of the built-in job that enqueues recurring jobs.
+RECURRING_JOB_NAME: Final = "pgqueue.recurring"
+
+#: A handler: called with the connection (inside the job's transaction) and the job.
+Handler: TypeAlias = Callable[[psycopg.Connection[Any], JobRecord], object]
+
+_MAX_ERROR_LENGTH: Final = 16_000
+_RECONNECT_MAX_DELAY: Final = 5.0
+_LISTEN_TICK: Final = 0.25
+
+
+class JobQueueWorker:
+    """Runs jobs from the queue in background threads.
+
+    ``sql`` is a DSN string (the worker then keeps its own pool of
+    ``parallel_count`` connections) or a psycopg_pool ConnectionPool with
+    room for ``parallel_count`` connections held for the worker's life.
+
+    ``handler(conn, job)`` is called for each job with a connection already
+    inside the job's transaction and the :class:`~pgqueue.JobRecord`. Return
+    normally and the handler's writes commit together with the job's
+    completion; raise and they are rolled back, the failure is recorded and
+    the job retried with backoff. The handler must not commit or roll back
+    the transaction itself (``conn.transaction()`` blocks, which become
+    savepoints, are fine). ``handler`` may also be a mapping of job name to
+    handler: the worker then only claims jobs with those names.
+
+    ``name`` restricts the worker to jobs of that name (Compas); ``queues``
+    to jobs in those queues. ``poll_interval`` (seconds, default 1.5) is how
+    often an idle worker looks for due jobs when no NOTIFY wakes it.
+    ``parallel_count`` (default 1) jobs run at once.
+    """
+
+    def __init__(
+        self,
+        sql: str | ConnectionPool[Any],
+        name: str | None = None,
+        *,
+        handler: Handler | Mapping[str, Handler],
+        poll_interval: float = 1.5,
+        parallel_count: int = 1,
+        queues: Sequence[str] | None = None,
+    ) -> None:
+        if isinstance(sql, str):
+            self._conninfo = sql
+            self._conn_kwargs: dict[str, Any] = {}
+            self._pool: ConnectionPool[Any] | None = None
+            self._owns_pool = True
+        elif isinstance(sql, ConnectionPool):
+            # psycopg_pool >= 3.3 also accepts callables for these.
+            conninfo = sql.conninfo() if callable(sql.conninfo) else sql.conninfo
+            kwargs = sql.kwargs() if callable(sql.kwargs) else sql.kwargs
+            self._conninfo = conninfo
+            self._conn_kwargs = dict(kwargs or {})
+            self._pool = sql
+            self._owns_pool = False
+        else:
+            raise ConfigurationError(
+                f"sql must be a DSN string or a ConnectionPool, got {type(sql).__name__}"
+            )
+        if isinstance(handler, Mapping):
+            if not handler:
+                raise ConfigurationError("handler mapping is empty")
+            for job_name, fn in handler.items():
+                check_text("handler name", job_name)
+                if not callable(fn):
+                    raise ConfigurationError(f"handler for {job_name!r} is not callable")
+        elif not callable(handler):
+            raise ConfigurationError("handler must be a callable or a mapping of name to callable")
+        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)):
+            raise ConfigurationError("poll_interval must be a number of seconds")
+        if not 0 < poll_interval <= 3600:
+            raise ConfigurationError("poll_interval must be more than 0 and at most 3600 seconds")
+        if isinstance(parallel_count, bool) or not isinstance(parallel_count, int):
+            raise ConfigurationError("parallel_count must be an integer")
+        if not 1 <= parallel_count <= 1000:
+            raise ConfigurationError("parallel_count must be between 1 and 1000")
+        if name is not None:
+            check_text("name", name)
+        if isinstance(queues, str):
+            queues = [queues]
+        self.name = name
+        self.poll_interval = float(poll_interval)
+        self.parallel_count = parallel_count
+        self.queues: list[str] | None = (
+            None if queues is None else [check_text("queue", x) for x in queues]
+        )
+        self._handler = handler
+        self._names = self._claimable_names(name, handler)
+        self._waker = _Waker(parallel_count)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def _claimable_names(
+        name: str | None, handler: Handler | Mapping[str, Handler]
+    ) -> list[str] | None:
+        if name is not None:
+            return [name]
+        if isinstance(handler, Mapping):
+            return [*handler, RECURRING_JOB_NAME]
+        return None
+
+    # -- life cycle -----------------------------------------------------
+
+    @property
+    def is_started(self) -> bool:
+        """True between start() and stop()."""
+        return bool(self._threads)
+
+    def start(self) -> None:
+        """Check the database and start processing in background threads; returns at once.
+
+        Raises ConnectError when the database cannot be reached and
+        SchemaNotMigratedError / SchemaTooNewError when its schema does not
+        fit. Starting a started worker does nothing.
+        """
+        if self._threads:
+            return
+        with self._connection() as conn:
+            check_schema(conn)
+        if self._owns_pool:
+            self._pool = ConnectionPool(
+                self._conninfo,
+                min_size=self.parallel_count,
+                max_size=self.parallel_count,
+                kwargs={"autocommit": True},
+                name="pgqueue-worker",
+                open=False,
+            )
+            self._pool.open()
+        self._stopping.clear()
+        listener = threading.Thread(target=self._listen, name="pgqueue-listener", daemon=True)
+        self._threads = [listener] + [
+            threading.Thread(target=self._run_slot, name=f"pgqueue-slot-{i}", daemon=True)
+            for i in range(self.parallel_count)
+        ]
+        for thread in self._threads:
+            thread.start()
+        logger.info(
+            "worker started: %d slot(s), queues=%s, names=%s",
+            self.parallel_count,
+            self.queues or "all",
+            self._names or "all",
+        )
+
+    def stop(self) -> None:
+        """Pick up no new jobs, let running ones finish, and return when they have."""
+        if not self._threads:
+            return
+        self._stopping.set()
+        self._waker.wake_all()
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        if self._owns_pool and self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        logger.info("worker stopped")
+
+    def __enter__(self) -> JobQueueWorker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- monitoring -----------------------------------------------------
+
+    def pending_queue_size(self) -> dict[str, int]:
+        """Counts of this worker's jobs: ``pending_count`` (due now, waiting),
+        ``scheduled_count`` (due later) and ``running_count`` (held by a worker).
+
+        Restricted to the worker's name and queues when set.
+        """
+        with self._connection() as conn:
+            return _queue.pending_queue_size(conn, name=self.name, queues=self.queues)
+
+    def average_time_to_completion(self, start: datetime, end: datetime) -> float:
+        """Mean seconds from scheduled_at to completion over this worker's jobs completed in (start, end]."""
+        with self._connection() as conn:
+            return _queue.average_time_to_completion(
+                conn, start, end, name=self.name, queues=self.queues
+            )
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        # A connection of its own: the slots hold the pool's for the worker's life.
+        return connect(self._conninfo, **{"autocommit": True, **self._conn_kwargs})
+
+    # -- the slots --------------------------------------------------------
+
+    def _run_slot(self) -> None:
+        assert self._pool is not None
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                with self._pool.connection() as conn:
+                    autocommit = conn.autocommit
+                    conn.autocommit = True
+                    try:
+                        delay = 0.1
+                        self._work(conn)
+                    finally:
+                        if not conn.closed and not conn.broken:
+                            conn.autocommit = autocommit
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if self._stopping.is_set():
+                    break
+                logger.warning(
+                    "lost the database connection (%s); reconnecting in %.1f s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    delay,
+                )
+                self._stopping.wait(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+            except Exception:
+                # A bug of ours or an unexpected server error: keep the slot alive.
+                logger.exception("worker slot error; retrying in %.1f s", delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+
+    def _work(self, conn: psycopg.Connection[Any]) -> None:
+        while not self._stopping.is_set():
+            if self._process_one(conn):
+                self._waker.nudge()
+            else:
+                self._waker.wait(self.poll_interval)
+
+    def _process_one(self, conn: psycopg.Connection[Any]) -> bool:
+        """Claim and run one job; False when none was due."""
+        with conn.pipeline():
+            conn.execute(q.BEGIN)
+            cur = conn.execute(q.DEQUEUE, (1, self.queues, self._names))
+            conn.execute(q.SAVEPOINT)
+            row = cur.fetchone()
+        if row is None:
+            conn.execute(q.ROLLBACK)
+            return False
+        job = JobRecord.from_row(row)
+        try:
+            self._dispatch(conn, job)
+        except Exception as exc:
+            self._fail(conn, job, _describe(exc))
+            return True
+        except BaseException:
+            conn.execute(q.ROLLBACK)
+            raise
+        try:
+            with conn.pipeline():
+                conn.execute(q.COMPLETE, (job.id, None))
+                conn.execute(q.COMMIT)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            # A deferred constraint or an error the handler left behind.
+            self._fail(conn, job, _describe(exc))
+            return True
+        logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
+        return True
+
+    def _dispatch(self, conn: psycopg.Connection[Any], job: JobRecord) -> None:
+        if job.name != RECURRING_JOB_NAME:
+            handler = self._handler
+            if isinstance(handler, Mapping):
+                handler = handler[job.name]
+            handler(conn, job)
+        status = conn.info.transaction_status
+        if status == TransactionStatus.IDLE:
+            raise RuntimeError(
+                "the handler committed or rolled back the job's transaction; "
+                "handlers must leave it open (use conn.transaction() for savepoints)"
+            )
+        if status == TransactionStatus.INERROR:
+            raise RuntimeError(
+                "a statement in the handler failed and the error was caught, "
+                "leaving the job's transaction aborted"
+            )
+
+    def _fail(self, conn: psycopg.Connection[Any], job: JobRecord, error: str) -> None:
+        in_transaction = conn.info.transaction_status in (
+            TransactionStatus.INTRANS,
+            TransactionStatus.INERROR,
+        )
+        with conn.pipeline():
+            conn.execute(q.ROLLBACK_TO_SAVEPOINT if in_transaction else q.BEGIN)
+            cur = conn.execute(q.FAIL, (job.id, error))
+            conn.execute(q.COMMIT)
+            row = cur.fetchone()
+        if row is None:
+            logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
+        elif row[0] == "failed":
+            logger.error(
+                "job %d (%s) failed for good after %d attempt(s): %s",
+                job.id,
+                job.name,
+                row[2],
+                error.splitlines()[0],
+                extra=_extra(job, "fail"),
+            )
+        else:
+            logger.warning(
+                "job %d (%s) failed (attempt %d), retrying at %s: %s",
+                job.id,
+                job.name,
+                row[2],
+                row[1].isoformat(),
+                error.splitlines()[0],
+                extra=_extra(job, "retry"),
+            )
+
+    # -- wake-ups ---------------------------------------------------------
+
+    def _listen(self) -> None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, **self._conn_kwargs) as conn:
+                    conn.execute(q.LISTEN)
+                    delay = 0.1
+                    # Notifications sent while we were not listening are lost: look now.
+                    self._waker.wake_all()
+                    while not self._stopping.is_set():
+                        for notify in conn.notifies(timeout=_LISTEN_TICK):
+                            if self.queues is None or notify.payload in self.queues:
+                                self._waker.notify()
+            except psycopg.OperationalError as exc:
+                if self._stopping.is_set():
+                    break
+                logger.warning(
+                    "LISTEN connection failed (%s); polling every %.1f s, retrying in %.1f s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    self.poll_interval,
+                    delay,
+                )
+                self._stopping.wait(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+
+
+class _Waker:
+    """Wakes idle slots: one per notification, and a busy slot wakes one more (so a
+    burst fans out as far as it has jobs, no further). A wake-up that finds no slot
+    waiting is kept (up to one per slot), so none is lost between a slot's empty
+    dequeue and its wait."""
+
+    def __init__(self, slots: int) -> None:
+        self._cond = threading.Condition()
+        self._tokens = 0
+        self._waiting = 0
+        self._cap = slots
+
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            if not self._tokens:
+                self._waiting += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._waiting -= 1
+            if self._tokens:
+                self._tokens -= 1
+
+    def notify(self) -> None:
+        with self._cond:
+            self._tokens = min(self._tokens + 1, self._cap)
+            self._cond.notify()
+
+    def nudge(self) -> None:
+        with self._cond:
+            if self._waiting:
+                self._tokens = min(self._tokens + 1, self._cap)
+                self._cond.notify()
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._tokens = self._cap
+            self._cond.notify_all()
+
+
+def _describe(exc: BaseException) -> str:
+    """The error text kept on the job: 'Type: message', then the traceback."""
+    head = f"{type(exc).__qualname__}: {exc}"
+    trace = "".join(traceback.format_exception(exc))
+    return f"{head}\n\n{trace}"[:_MAX_ERROR_LENGTH]
+
+
+def _extra(job: JobRecord, action: str) -> dict[str, Any]:
+    return {"job_id": job.id, "queue": job.queue, "job_name": job.name, "action": action}
+
+
+JobQueueWorker.__module__ = "pgqueue"
