@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from .errors import InvalidJobError
+from .priority import to_priority
 from .retry import normalize_retry
 
 INT4_MIN: Final = -(2**31)
@@ -59,6 +60,20 @@ def check_text(what: str, value: Any) -> str:
     except UnicodeEncodeError as exc:
         raise InvalidJobError(f"{what} is not valid Unicode: {exc.reason}") from exc
     return value
+
+
+#: Job names starting with this are pgqueue's own built-in jobs.
+RESERVED_PREFIX: Final = "pgqueue."
+
+
+def check_job_name(value: Any) -> str:
+    """A job name a user may enqueue: text, and not one of pgqueue's built-in names."""
+    name = check_text("name", value)
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidJobError(
+            f"job names starting with {RESERVED_PREFIX!r} are reserved for pgqueue"
+        )
+    return name
 
 
 def check_int(what: str, value: Any, low: int = INT4_MIN, high: int = INT4_MAX) -> int:
@@ -144,9 +159,9 @@ def enqueue_params(job: Mapping[str, Any] | None, overrides: Mapping[str, Any]) 
     retry = normalize_retry(merged.get("retry"))
     return EnqueueParams(
         queue=None if queue is None else check_text("queue", queue),
-        name=None if name is None else check_text("name", name),
+        name=None if name is None else check_job_name(name),
         data=dump_data(merged["data"]) if merged.get("data") is not None else None,
-        priority=None if priority is None else check_int("priority", priority),
+        priority=None if priority is None else to_priority(priority),
         scheduled_at=scheduled_at,
         delay=delay,
         max_attempts=None if max_attempts is None else check_int("max_attempts", max_attempts, 1),

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _queries as q
 from ._db import SqlTarget, connection, translate_errors
-from ._input import INT4_MAX, check_int, check_text, dump_data, enqueue_params
+from ._input import INT4_MAX, check_int, check_job_name, check_text, dump_data, enqueue_params
 from .errors import InvalidJobError
 from .records import JobRecord
 from .schedule import normalize_interval
@@ -110,11 +110,11 @@ def add_recurring_job_to_queue(
     ``interval`` is a dict of years, months, weeks, days, hours, minutes,
     seconds (calendar arithmetic, in UTC) or a timedelta.
 
-    Calling it again for the same name overwrites priority, interval, data
-    and queue of the scheduled one without moving its next run; it never
-    creates a second one, also when called concurrently.
+    Calling it again for the same name overwrites priority, interval and
+    data (and the queue, when given) of the scheduled one without moving its
+    next run; it never creates a second one, also when called concurrently.
     """
-    check_text("name", name)
+    check_job_name(name)
     if not name:
         raise InvalidJobError("name must not be empty")
     check_int("priority", priority, high=INT4_MAX - 1)

@@ -64,7 +64,8 @@ class JobQueueWorker:
     normally and the handler's writes commit together with the job's
     completion; raise and they are rolled back, the failure is recorded and
     the job retried with backoff. The handler must not commit or roll back
-    the transaction itself (``conn.transaction()`` blocks, which become
+    the transaction itself (``conn.commit()`` and ``conn.rollback()`` raise
+    and fail the attempt; ``conn.transaction()`` blocks, which become
     savepoints, are fine). ``handler`` may also be a mapping of job name to
     handler: the worker then only claims jobs with those names.
 
@@ -120,6 +121,10 @@ class JobQueueWorker:
             raise ConfigurationError("parallel_count must be between 1 and 1000")
         if name is not None:
             check_text("name", name)
+            if isinstance(handler, Mapping) and name not in handler:
+                raise ConfigurationError(
+                    f"the worker runs only jobs named {name!r}, but the handler mapping has no entry for it"
+                )
         if isinstance(queues, str):
             queues = [queues]
         self.name = name
@@ -245,6 +250,9 @@ class JobQueueWorker:
                         self._work(conn)
                     finally:
                         if not conn.closed and not conn.broken:
+                            # An error may have left the job's transaction open.
+                            if conn.info.transaction_status != TransactionStatus.IDLE:
+                                conn.execute(q.ROLLBACK)
                             conn.autocommit = autocommit
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if self._stopping.is_set():
@@ -302,11 +310,30 @@ class JobQueueWorker:
         return True
 
     def _dispatch(self, conn: psycopg.Connection[Any], job: JobRecord) -> None:
-        if job.name != RECURRING_JOB_NAME:
-            handler = self._handler
-            if isinstance(handler, Mapping):
-                handler = handler[job.name]
-            handler(conn, job)
+        if job.name == RECURRING_JOB_NAME:
+            return
+        handler = self._handler
+        if isinstance(handler, Mapping):
+            handler = handler[job.name]
+        try:
+            # A psycopg transaction block (one more savepoint) makes the
+            # handler's conn.commit() / conn.rollback() raise instead of
+            # ending the job's transaction, which would commit half a job
+            # and free its lock for another worker while this one runs it.
+            with conn.transaction():
+                handler(conn, job)
+                self._check_transaction(conn)
+        except psycopg.ProgrammingError as exc:
+            if "forbidden within a Transaction" not in str(exc):
+                raise
+            raise RuntimeError(
+                "the handler tried to end the job's transaction (conn.commit() or "
+                "conn.rollback()); the worker commits it when the handler returns "
+                "and rolls it back when the handler raises"
+            ) from exc
+
+    @staticmethod
+    def _check_transaction(conn: psycopg.Connection[Any]) -> None:
         status = conn.info.transaction_status
         if status == TransactionStatus.IDLE:
             raise RuntimeError(
@@ -421,9 +448,15 @@ class _Waker:
 
 def _describe(exc: BaseException) -> str:
     """The error text kept on the job: 'Type: message', then the traceback."""
-    head = f"{type(exc).__qualname__}: {exc}"
+    try:
+        head = f"{type(exc).__qualname__}: {exc}"
+    except Exception:
+        head = f"{type(exc).__qualname__}: <str() failed>"
     trace = "".join(traceback.format_exception(exc))
-    return f"{head}\n\n{trace}"[:_MAX_ERROR_LENGTH]
+    text = f"{head}\n\n{trace}"[:_MAX_ERROR_LENGTH]
+    # Postgres text holds no NUL and no lone surrogate: escape them, or the
+    # failure could not be recorded and the job would be retried at once, forever.
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _extra(job: JobRecord, action: str) -> dict[str, Any]:

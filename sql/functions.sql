@@ -269,7 +269,7 @@ LANGUAGE sql AS $$
             coalesce(p_priority, 1))
     ON CONFLICT ((data ->> 'name')) WHERE name = 'pgqueue.recurring' AND status = 'pending'
     DO UPDATE SET priority = excluded.priority, data = excluded.data,
-                  queue = excluded.queue, updated_at = now()
+                  queue = coalesce(p_queue, pgqueue.jobs.queue), updated_at = now()
     RETURNING id;
 $$;
 

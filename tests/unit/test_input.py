@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -60,7 +60,7 @@ def test_bad_retry_policies_are_refused(policy, message):
 
 
 def test_retry_policy_is_stored_as_json():
-    until = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    until = datetime(2030, 1, 1, tzinfo=UTC)
     policy = normalize_retry({"backoff": "fixed", "delay": 2, "until": until})
     assert policy == {"backoff": "fixed", "delay": 2, "until": until.isoformat()}
     assert json.loads(json.dumps(policy)) == policy
@@ -103,7 +103,7 @@ def test_escaped_backslash_before_u0000_is_not_a_nul():
 @pytest.mark.parametrize(
     ("job", "message"),
     [
-        ({"priority": "high"}, "priority must be an integer"),
+        ({"priority": "urgent"}, "unknown priority name .urgent."),
         ({"priority": True}, "priority must be an integer"),
         ({"priority": 2**31}, "between"),
         ({"max_attempts": 0}, "between 1"),
@@ -128,3 +128,9 @@ def test_keywords_override_the_job_dict():
 def test_a_list_job_is_refused():
     with pytest.raises(InvalidJobError, match="job must be a dict"):
         enqueue_params(["a"], {})  # type: ignore[arg-type]
+
+
+def test_builtin_job_names_are_reserved():
+    with pytest.raises(InvalidJobError, match="reserved for pgqueue"):
+        enqueue_params({"name": "pgqueue.recurring"}, {})
+    assert enqueue_params({"name": "pgqueue_recurring"}, {}).name == "pgqueue_recurring"
