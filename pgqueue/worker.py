@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any, Final, TypeAlias
 
 import psycopg
+from psycopg import Transaction
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -278,84 +279,110 @@ class JobQueueWorker:
                 self._waker.wait(self.poll_interval)
 
     def _process_one(self, conn: psycopg.Connection[Any]) -> bool:
-        """Claim and run one job; False when none was due."""
-        with conn.pipeline():
-            conn.execute(q.BEGIN)
-            cur = conn.execute(q.DEQUEUE, (1, self.queues, self._names))
-            conn.execute(q.SAVEPOINT)
-            row = cur.fetchone()
-        if row is None:
-            conn.execute(q.ROLLBACK)
-            return False
-        job = JobRecord.from_row(row)
-        try:
-            self._dispatch(conn, job)
-        except Exception as exc:
-            self._fail(conn, job, _describe(exc))
-            return True
-        except BaseException:
-            conn.execute(q.ROLLBACK)
-            raise
+        """Claim and run one job; False when none was due.
+
+        The job's transaction is a psycopg transaction block, so a handler's
+        ``conn.commit()`` / ``conn.rollback()`` raises instead of ending it
+        (which would commit half a job and free its lock while it runs). Its
+        BEGIN and COMMIT travel in the same pipelines as the pgqueue calls:
+        two round trips per job.
+        """
+        tx = psycopg.Transaction(conn)
+        job: JobRecord | None = None
         try:
             with conn.pipeline():
-                conn.execute(q.COMPLETE, (job.id, None))
-                conn.execute(q.COMMIT)
-        except psycopg.OperationalError:
+                tx.__enter__()
+                cur = conn.execute(q.DEQUEUE, (1, self.queues, self._names))
+                conn.execute(q.SAVEPOINT)
+            row = cur.fetchone()
+            if row is None:
+                tx.__exit__(None, None, None)
+                return False
+            job = JobRecord.from_row(row)
+            error, result = self._run_handler(conn, job)
+            if error is not None and conn.info.transaction_status == TransactionStatus.IDLE:
+                # The handler ended the transaction itself (a raw COMMIT):
+                # close our block (a no-op COMMIT) and count the attempt apart.
+                tx.__exit__(None, None, None)
+                self._record_failure(conn, job, error)
+                return True
+            with conn.pipeline():
+                if error is None:
+                    conn.execute(q.COMPLETE, (job.id, result))
+                else:
+                    conn.execute(q.ROLLBACK_TO_SAVEPOINT)
+                    fail = conn.execute(q.FAIL, (job.id, error))
+                tx.__exit__(None, None, None)
+        except BaseException as exc:
+            if tx.status == Transaction.Status.ACTIVE:
+                tx.__exit__(type(exc), exc, exc.__traceback__)
+            elif (
+                job is not None
+                and isinstance(exc, psycopg.Error)
+                and not isinstance(exc, psycopg.OperationalError)
+            ):
+                # The commit itself failed (a deferred constraint, say): the
+                # server rolled everything back. Count the attempt on its own.
+                self._rollback_if_open(conn)
+                self._record_failure(conn, job, _describe(exc))
+                return True
             raise
-        except psycopg.Error as exc:
-            # A deferred constraint or an error the handler left behind.
-            self._fail(conn, job, _describe(exc))
-            return True
-        logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
+        if error is None:
+            logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
+        else:
+            self._log_failure(job, error, fail.fetchone())
         return True
 
-    def _dispatch(self, conn: psycopg.Connection[Any], job: JobRecord) -> None:
+    def _run_handler(
+        self, conn: psycopg.Connection[Any], job: JobRecord
+    ) -> tuple[str | None, str | None]:
+        """Run the job's handler: (None, result) on success, (error text, None) on failure."""
         if job.name == RECURRING_JOB_NAME:
-            return
+            return None, None
         handler = self._handler
         if isinstance(handler, Mapping):
             handler = handler[job.name]
         try:
-            # A psycopg transaction block (one more savepoint) makes the
-            # handler's conn.commit() / conn.rollback() raise instead of
-            # ending the job's transaction, which would commit half a job
-            # and free its lock for another worker while this one runs it.
-            with conn.transaction():
-                handler(conn, job)
-                self._check_transaction(conn)
+            value = handler(conn, job)
         except psycopg.ProgrammingError as exc:
             if "forbidden within a Transaction" not in str(exc):
-                raise
-            raise RuntimeError(
-                "the handler tried to end the job's transaction (conn.commit() or "
+                return _describe(exc), None
+            return (
+                "RuntimeError: the handler tried to end the job's transaction (conn.commit() or "
                 "conn.rollback()); the worker commits it when the handler returns "
-                "and rolls it back when the handler raises"
-            ) from exc
-
-    @staticmethod
-    def _check_transaction(conn: psycopg.Connection[Any]) -> None:
+                "and rolls it back when the handler raises\n\n" + _describe(exc),
+                None,
+            )
+        except Exception as exc:
+            return _describe(exc), None
         status = conn.info.transaction_status
         if status == TransactionStatus.IDLE:
-            raise RuntimeError(
-                "the handler committed or rolled back the job's transaction; "
-                "handlers must leave it open (use conn.transaction() for savepoints)"
+            return (
+                "RuntimeError: the handler committed or rolled back the job's transaction; "
+                "handlers must leave it open (use conn.transaction() for savepoints)",
+                None,
             )
         if status == TransactionStatus.INERROR:
-            raise RuntimeError(
-                "a statement in the handler failed and the error was caught, "
-                "leaving the job's transaction aborted"
+            return (
+                "RuntimeError: a statement in the handler failed and the error was caught, "
+                "leaving the job's transaction aborted",
+                None,
             )
+        return None, value if isinstance(value, str) else None
 
-    def _fail(self, conn: psycopg.Connection[Any], job: JobRecord, error: str) -> None:
-        in_transaction = conn.info.transaction_status in (
-            TransactionStatus.INTRANS,
-            TransactionStatus.INERROR,
-        )
-        with conn.pipeline():
-            conn.execute(q.ROLLBACK_TO_SAVEPOINT if in_transaction else q.BEGIN)
-            cur = conn.execute(q.FAIL, (job.id, error))
-            conn.execute(q.COMMIT)
-            row = cur.fetchone()
+    @staticmethod
+    def _rollback_if_open(conn: psycopg.Connection[Any]) -> None:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute(q.ROLLBACK)
+
+    def _record_failure(self, conn: psycopg.Connection[Any], job: JobRecord, error: str) -> None:
+        """Count a failed attempt in a transaction of its own."""
+        with conn.transaction():
+            row = conn.execute(q.FAIL, (job.id, error)).fetchone()
+        self._log_failure(job, error, row)
+
+    @staticmethod
+    def _log_failure(job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
         if row is None:
             logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
         elif row[0] == "failed":

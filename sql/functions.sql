@@ -90,15 +90,40 @@ $$;
 -- priority, then scheduled_at, then id. Jobs locked by another transaction
 -- are skipped. The returned attempts counts the attempt about to start.
 -- p_queues / p_names NULL means "any".
+--
+-- The planner settings pin the plan to an ordered scan of a partial index
+-- that stops after p_limit rows: with stale statistics (right after a bulk
+-- enqueue) it would otherwise sort every pending job on each call.
 CREATE OR REPLACE FUNCTION pgqueue.dequeue(
     p_limit integer,
     p_queues text[],
     p_names text[]
 ) RETURNS SETOF pgqueue.jobs
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_sort = off
+SET enable_bitmapscan = off
+AS $$
 DECLARE
     v_job pgqueue.jobs;
 BEGIN
+    IF cardinality(p_queues) = 1 THEN
+        FOR v_job IN
+            SELECT *
+            FROM pgqueue.jobs j
+            WHERE j.status = 'pending'
+              AND j.queue = p_queues[1]
+              AND j.scheduled_at <= now()
+              AND (p_names IS NULL OR j.name = ANY (p_names))
+            ORDER BY j.queue, j.priority, j.scheduled_at, j.id
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        LOOP
+            PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
+            v_job.attempts := v_job.attempts + 1;
+            RETURN NEXT v_job;
+        END LOOP;
+        RETURN;
+    END IF;
     FOR v_job IN
         SELECT *
         FROM pgqueue.jobs j

@@ -31,6 +31,10 @@ CREATE TABLE pgqueue.jobs (
 CREATE INDEX jobs_dequeue_idx ON pgqueue.jobs (priority, scheduled_at, id)
     WHERE status = 'pending';
 
+-- The same for a worker of one queue (`pgqueue work --queue email`).
+CREATE INDEX jobs_queue_dequeue_idx ON pgqueue.jobs (queue, priority, scheduled_at, id)
+    WHERE status = 'pending';
+
 -- Reporting and clean-up over finished work.
 CREATE INDEX jobs_completed_at_idx ON pgqueue.jobs (completed_at)
     WHERE completed_at IS NOT NULL;

@@ -434,12 +434,12 @@ def _listening(conn) -> bool:
 
 
 def _slot_idle(conn) -> bool:
-    # A slot that found nothing ends its dequeue transaction with ROLLBACK, then waits.
+    # A slot that found nothing ends its dequeue transaction, then waits.
     return bool(
         scalar(
             conn,
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND state = 'idle' AND query = 'ROLLBACK'",
+            " AND state = 'idle' AND query IN ('COMMIT', 'ROLLBACK')",
         )
     )
 
@@ -755,3 +755,31 @@ def test_an_error_text_postgres_cannot_store_is_still_recorded(conn, error, firs
     assert job.attempts == 1
     assert job.last_error is not None
     assert job.last_error.splitlines()[0] == first_line
+
+
+def test_a_commit_that_fails_counts_the_attempt_and_keeps_nothing(conn):
+    # A deferred constraint fails at COMMIT, after the handler returned:
+    # the server rolls everything back, and the worker records the failure apart.
+    conn.execute(
+        "CREATE TABLE parents (id int PRIMARY KEY);"
+        " CREATE TABLE children (parent_id int REFERENCES parents DEFERRABLE INITIALLY DEFERRED)"
+    )
+    bad = pgqueue.add_job_to_queue(
+        conn, name="orphan", max_attempts=2, retry={"delay": 0.05, "jitter": 0}
+    )
+    good = pgqueue.add_job_to_queue(conn, name="fine")
+
+    def handler(c, job):
+        if job.name == "orphan":
+            c.execute("INSERT INTO children VALUES (42)")
+
+    worker = pgqueue.JobQueueWorker(conn.info.dsn, handler=handler, poll_interval=0.1)
+    with running(worker):
+        wait_until(lambda: status(conn, bad) == "failed", what="the attempts to be recorded")
+        wait_until(lambda: status(conn, good) == "completed", what="the next job to complete")
+    job = pgqueue.get_job(conn, bad)
+    assert job is not None
+    assert job.attempts == 2
+    assert job.last_error is not None
+    assert job.last_error.startswith("ForeignKeyViolation")
+    assert scalar(conn, "SELECT count(*) FROM children") == 0
