@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .admin import (
+    cancel_job,
+    cancel_jobs,
+    clear_jobs,
+    configure_queue,
+    list_jobs,
+    register_cleanup,
+    retry_failed_jobs,
+    retry_job,
+    run_cleanup,
+)
 from .errors import (
     ConfigurationError,
     ConnectError,
@@ -27,8 +38,10 @@ from .queue import (
     get_job,
     pending_queue_size,
 )
+from .priority import PRIORITY_NAMES
 from .records import JobRecord, JobStatus
-from .worker import Handler, JobQueueWorker
+from .schedule import Schedule, parse_schedule
+from .worker import Handler, JobQueueWorker, WorkerStats
 
 try:
     __version__ = version("pgqueue")
@@ -43,16 +56,29 @@ __all__ = [
     "JobQueueWorker",
     "JobRecord",
     "JobStatus",
+    "PRIORITY_NAMES",
     "PgQueueError",
     "SchemaError",
     "SchemaNotMigratedError",
+    "Schedule",
     "SchemaTooNewError",
+    "WorkerStats",
     "__version__",
     "add_job_to_queue",
     "add_jobs_to_queue",
     "add_recurring_job_to_queue",
     "average_time_to_completion",
+    "cancel_job",
+    "cancel_jobs",
+    "clear_jobs",
+    "configure_queue",
     "get_job",
+    "list_jobs",
     "migrate",
+    "parse_schedule",
     "pending_queue_size",
+    "register_cleanup",
+    "retry_failed_jobs",
+    "retry_job",
+    "run_cleanup",
 ]

@@ -7,17 +7,27 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from .errors import InvalidJobError
 from .priority import to_priority
 from .retry import normalize_retry
+from .schedule import Schedule, parse_schedule
 
 INT4_MIN: Final = -(2**31)
 INT4_MAX: Final = 2**31 - 1
 
-JOB_KEYS: Final = ("name", "data", "scheduled_at", "priority", "queue", "max_attempts", "retry")
+JOB_KEYS: Final = (
+    "name",
+    "data",
+    "scheduled_at",
+    "priority",
+    "queue",
+    "max_attempts",
+    "retry",
+    "schedule",
+)
 
 # A JSON "\u0000" escape that is not itself an escaped backslash.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -35,6 +45,7 @@ class EnqueueParams:
     delay: timedelta | None
     max_attempts: int | None
     retry: str | None
+    schedule: str | None
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (
@@ -46,6 +57,7 @@ class EnqueueParams:
             self.delay,
             self.max_attempts,
             self.retry,
+            self.schedule,
         )
 
 
@@ -157,6 +169,13 @@ def enqueue_params(job: Mapping[str, Any] | None, overrides: Mapping[str, Any]) 
     max_attempts = merged.get("max_attempts")
     scheduled_at, delay = check_when(merged.get("scheduled_at"))
     retry = normalize_retry(merged.get("retry"))
+    schedule = None
+    if merged.get("schedule") is not None:
+        parsed = as_schedule(merged["schedule"])
+        schedule = json.dumps(parsed.to_json())
+        if scheduled_at is None and delay is None:
+            # A repeating job first runs at its next occurrence, not now.
+            scheduled_at = parsed.next_after(datetime.now(UTC))
     return EnqueueParams(
         queue=None if queue is None else check_text("queue", queue),
         name=None if name is None else check_job_name(name),
@@ -166,4 +185,14 @@ def enqueue_params(job: Mapping[str, Any] | None, overrides: Mapping[str, Any]) 
         delay=delay,
         max_attempts=None if max_attempts is None else check_int("max_attempts", max_attempts, 1),
         retry=None if retry is None else json.dumps(retry),
+        schedule=schedule,
     )
+
+
+def as_schedule(value: Any) -> Schedule:
+    """A Schedule from a cron or text string (or a Schedule)."""
+    if isinstance(value, Schedule):
+        return value
+    if not isinstance(value, str):
+        raise InvalidJobError(f"schedule must be a cron or text string, got {type(value).__name__}")
+    return parse_schedule(value)

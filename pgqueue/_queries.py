@@ -7,15 +7,17 @@ from typing import Final, LiteralString
 # The columns of a job, in JobRecord's field order.
 JOB_COLUMNS: Final[LiteralString] = (
     "id, queue, name, data, priority, status, scheduled_at, attempts, max_attempts,"
-    " retry, last_error, result, created_at, updated_at, completed_at"
+    " retry, last_error, result, created_at, updated_at, completed_at, schedule"
 )
 
-ENQUEUE: Final = "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb)"
+ENQUEUE: Final = "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
 ENQUEUE_MANY: Final = (
     "SELECT pgqueue.enqueue_many(%s::text[], %s::text[], %s::jsonb[], %s::int[],"
-    " %s::timestamptz[], %s::interval[], %s::int[], %s::jsonb[])"
+    " %s::timestamptz[], %s::interval[], %s::int[], %s::jsonb[], %s::jsonb[])"
 )
-ADD_RECURRING: Final = "SELECT pgqueue.add_recurring(%s, %s, %s, %s::jsonb, %s::jsonb)"
+ADD_RECURRING: Final = (
+    "SELECT pgqueue.add_recurring(%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s)"
+)
 GET_JOB: Final = "SELECT " + JOB_COLUMNS + " FROM pgqueue.get_job(%s)"  # noqa: S608 (constants)
 QUEUE_SIZE: Final = (
     "SELECT pending_count, scheduled_count, running_count FROM pgqueue.queue_size(%s, %s)"
@@ -23,13 +25,33 @@ QUEUE_SIZE: Final = (
 AVERAGE_TIME_TO_COMPLETION: Final = "SELECT pgqueue.average_time_to_completion(%s, %s, %s, %s)"
 STATUS_COUNTS: Final = "SELECT queue, name, state, count FROM pgqueue.status_counts()"
 
+# Administration.
+CANCEL_JOBS: Final = "SELECT pgqueue.cancel_jobs(%s, %s::jsonb, %s)"
+CANCEL_JOB: Final = "SELECT pgqueue.cancel_job(%s)"
+RETRY_JOBS: Final = "SELECT pgqueue.retry_jobs(%s, %s, %s)"
+CLEAR_JOBS: Final = "SELECT pgqueue.clear_jobs(%s)"
+CONFIGURE_QUEUE: Final = "SELECT pgqueue.configure_queue(%s, %s, %s::jsonb)"
+SET_CLEANUP_RULE: Final = (
+    "INSERT INTO pgqueue.cleanup_rules (name, status, purge_after)"
+    " VALUES (%s, %s, make_interval(secs => %s))"
+    " ON CONFLICT (name, status) DO UPDATE SET purge_after = excluded.purge_after"
+)
+LIST_JOBS: Final = (
+    "SELECT " + JOB_COLUMNS + " FROM pgqueue.jobs"  # noqa: S608 (constants)
+    " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+    " AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
+    " AND (%(name)s::text IS NULL OR name = %(name)s)"
+    " ORDER BY id DESC LIMIT %(limit)s"
+)
+
 # The worker's transaction, in the order it sends them.
 BEGIN: Final = "BEGIN"
 DEQUEUE: Final = "SELECT " + JOB_COLUMNS + " FROM pgqueue.dequeue(%s, %s, %s)"  # noqa: S608 (constants)
 SAVEPOINT: Final = "SAVEPOINT pgqueue_job"
 ROLLBACK_TO_SAVEPOINT: Final = "ROLLBACK TO SAVEPOINT pgqueue_job"
-COMPLETE: Final = "SELECT pgqueue.complete(%s, %s)"
-FAIL: Final = "SELECT status, scheduled_at, attempts FROM pgqueue.fail(%s, %s)"
+COMPLETE: Final = "SELECT pgqueue.complete(%s, %s, %s)"
+FAIL: Final = "SELECT status, scheduled_at, attempts FROM pgqueue.fail(%s, %s, %s)"
+CLEANUP: Final = "SELECT pgqueue.cleanup()"
 COMMIT: Final = "COMMIT"
 ROLLBACK: Final = "ROLLBACK"
 LISTEN: Final = "LISTEN pgqueue_jobs"

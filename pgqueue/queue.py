@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import _queries as q
 from ._db import SqlTarget, connection, translate_errors
-from ._input import INT4_MAX, check_int, check_job_name, check_text, dump_data, enqueue_params
+from ._input import (
+    INT4_MAX,
+    EnqueueParams,
+    as_schedule,
+    check_int,
+    check_job_name,
+    check_text,
+    dump_data,
+    enqueue_params,
+)
 from .errors import InvalidJobError
+from .priority import to_priority
 from .records import JobRecord
 from .schedule import normalize_interval
 
@@ -77,7 +87,7 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
     validated before anything is sent; one bad job raises InvalidJobError
     (naming its index) and none is written. One NOTIFY per queue, not per job.
     """
-    columns: list[list[Any]] = [[] for _ in range(8)]
+    columns: list[list[Any]] = [[] for _ in range(len(EnqueueParams.__slots__))]
     for index, job in enumerate(jobs):
         try:
             params = enqueue_params(job, {})
@@ -96,36 +106,67 @@ def add_recurring_job_to_queue(
     sql: SqlTarget,
     *,
     name: str,
-    interval: Mapping[str, Any] | timedelta,
-    priority: int = 1,
+    interval: Mapping[str, Any] | timedelta | None = None,
+    schedule: str | None = None,
+    priority: int | str = 1,
     data: Any = None,
     queue: str | None = None,
 ) -> int:
-    """Schedule job ``name`` to be enqueued every ``interval``; return the recurring job's id.
+    """Schedule job ``name`` to be enqueued every ``interval`` or on a ``schedule``; return the
+    recurring job's id.
 
-    A built-in recurring job (name ``pgqueue.recurring``) runs first at once,
-    then, each time it runs, enqueues ``name`` (with ``data``, at
-    ``priority + 1``) and reschedules itself at its previous scheduled time
-    plus ``interval``, or now plus ``interval`` when that is already past.
-    ``interval`` is a dict of years, months, weeks, days, hours, minutes,
-    seconds (calendar arithmetic, in UTC) or a timedelta.
+    A built-in recurring job (name ``pgqueue.recurring``) enqueues ``name``
+    (with ``data``, at ``priority + 1``) each time it runs and reschedules
+    itself. With ``interval`` (a dict of years, months, weeks, days, hours,
+    minutes, seconds, or a timedelta) it first runs at once, then at its
+    previous scheduled time plus ``interval``, or now plus ``interval`` when
+    that is already past; calendar arithmetic in UTC. With ``schedule`` (a
+    cron expression or a text schedule such as ``"every weekday at 9:00"``,
+    see :func:`pgqueue.schedule.parse_schedule`) it runs at each occurrence,
+    the first being the next one from now.
 
-    Calling it again for the same name overwrites priority, interval and
-    data (and the queue, when given) of the scheduled one without moving its
-    next run; it never creates a second one, also when called concurrently.
+    Calling it again for the same name overwrites priority, interval or
+    schedule, and data (and the queue, when given) of the scheduled one
+    without moving its next run; it never creates a second one, also when
+    called concurrently.
     """
     check_job_name(name)
     if not name:
         raise InvalidJobError("name must not be empty")
-    check_int("priority", priority, high=INT4_MAX - 1)
-    spec = normalize_interval(interval)
+    level = to_priority(priority)
+    if level > INT4_MAX - 1:
+        raise InvalidJobError(f"priority must be at most {INT4_MAX - 1} for a recurring job")
+    if (interval is None) == (schedule is None):
+        raise InvalidJobError("give exactly one of interval and schedule")
+    spec = None if interval is None else json.dumps(normalize_interval(interval))
+    parsed = None if schedule is None else as_schedule(schedule)
     payload = dump_data(data) if data is not None else None
     if queue is not None:
         check_text("queue", queue)
+    first_at = None if parsed is None else parsed.next_after(datetime.now(UTC))
     with connection(sql) as conn, translate_errors():
         row = conn.execute(
-            q.ADD_RECURRING, (queue, name, priority, json.dumps(spec), payload)
+            q.ADD_RECURRING,
+            (
+                queue,
+                name,
+                level,
+                spec,
+                payload,
+                None if parsed is None else json.dumps(parsed.to_json()),
+                first_at,
+            ),
         ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _add_builtin_recurring(conn: Any, name: str, interval: Mapping[str, Any]) -> int:
+    """Schedule one of pgqueue's own recurring jobs (reserved names allowed)."""
+    row = conn.execute(
+        q.ADD_RECURRING,
+        (None, name, 1, json.dumps(normalize_interval(interval)), None, None, None),
+    ).fetchone()
     assert row is not None
     return int(row[0])
 

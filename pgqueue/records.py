@@ -50,6 +50,8 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    #: ``{"kind": "cron" | "text", "text": ...}`` for a job that repeats on a schedule.
+    schedule: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:

@@ -22,7 +22,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 import psycopg
@@ -34,16 +34,14 @@ from . import _queries as q
 from . import queue as _queue
 from ._db import connect
 from ._input import check_text
+from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME, next_run, run_builtin
 from .errors import ConfigurationError
 from .migrate import check_schema
 from .records import JobRecord
 
-__all__ = ["Handler", "JobQueueWorker", "RECURRING_JOB_NAME"]
+__all__ = ["Handler", "JobQueueWorker", "RECURRING_JOB_NAME", "WorkerStats"]
 
 logger = logging.getLogger(__name__)
-
-#: The name of the built-in job that enqueues recurring jobs.
-RECURRING_JOB_NAME: Final = "pgqueue.recurring"
 
 #: A handler: called with the connection (inside the job's transaction) and the job.
 Handler: TypeAlias = Callable[[psycopg.Connection[Any], JobRecord], object]
@@ -138,7 +136,9 @@ class JobQueueWorker:
         self._names = self._claimable_names(name, handler)
         self._waker = _Waker(parallel_count)
         self._stopping = threading.Event()
+        self._draining = False
         self._threads: list[threading.Thread] = []
+        self.stats = WorkerStats()
 
     @staticmethod
     def _claimable_names(
@@ -147,7 +147,7 @@ class JobQueueWorker:
         if name is not None:
             return [name]
         if isinstance(handler, Mapping):
-            return [*handler, RECURRING_JOB_NAME]
+            return [*handler, *BUILTIN_NAMES]
         return None
 
     # -- life cycle -----------------------------------------------------
@@ -168,16 +168,7 @@ class JobQueueWorker:
             return
         with self._connection() as conn:
             check_schema(conn)
-        if self._owns_pool:
-            self._pool = ConnectionPool(
-                self._conninfo,
-                min_size=self.parallel_count,
-                max_size=self.parallel_count,
-                kwargs={"autocommit": True},
-                name="pgqueue-worker",
-                open=False,
-            )
-            self._pool.open()
+        self._open_pool()
         self._stopping.clear()
         listener = threading.Thread(target=self._listen, name="pgqueue-listener", daemon=True)
         self._threads = [listener] + [
@@ -193,6 +184,51 @@ class JobQueueWorker:
             self._names or "all",
         )
 
+    def work_off(self) -> WorkerStats:
+        """Process every job that is due now, then return (Redwood's workoff).
+
+        Runs ``parallel_count`` slots until none finds a due job; jobs
+        scheduled for later are left alone. Returns this worker's counts.
+        Not for a started worker.
+        """
+        if self._threads:
+            raise ConfigurationError("work_off() is for a worker that is not started")
+        with self._connection() as conn:
+            check_schema(conn)
+        self._open_pool()
+        self._draining = True
+        self._stopping.clear()
+        try:
+            threads = [
+                threading.Thread(target=self._run_slot, name=f"pgqueue-slot-{i}", daemon=True)
+                for i in range(self.parallel_count)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self._draining = False
+            self._close_pool()
+        return self.stats
+
+    def _open_pool(self) -> None:
+        if self._owns_pool:
+            self._pool = ConnectionPool(
+                self._conninfo,
+                min_size=self.parallel_count,
+                max_size=self.parallel_count,
+                kwargs={"autocommit": True},
+                name="pgqueue-worker",
+                open=False,
+            )
+            self._pool.open()
+
+    def _close_pool(self) -> None:
+        if self._owns_pool and self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
     def stop(self) -> None:
         """Pick up no new jobs, let running ones finish, and return when they have."""
         if not self._threads:
@@ -202,9 +238,7 @@ class JobQueueWorker:
         for thread in self._threads:
             thread.join()
         self._threads = []
-        if self._owns_pool and self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        self._close_pool()
         logger.info("worker stopped")
 
     def __enter__(self) -> JobQueueWorker:
@@ -249,6 +283,8 @@ class JobQueueWorker:
                     try:
                         delay = 0.1
                         self._work(conn)
+                        if self._draining:
+                            return
                     finally:
                         if not conn.closed and not conn.broken:
                             # An error may have left the job's transaction open.
@@ -275,6 +311,8 @@ class JobQueueWorker:
         while not self._stopping.is_set():
             if self._process_one(conn):
                 self._waker.nudge()
+            elif self._draining:
+                return
             else:
                 self._waker.wait(self.poll_interval)
 
@@ -300,6 +338,7 @@ class JobQueueWorker:
                 return False
             job = JobRecord.from_row(row)
             error, result = self._run_handler(conn, job)
+            next_at = next_run(job, datetime.now(UTC))
             if error is not None and conn.info.transaction_status == TransactionStatus.IDLE:
                 # The handler ended the transaction itself (a raw COMMIT):
                 # close our block (a no-op COMMIT) and count the attempt apart.
@@ -308,10 +347,10 @@ class JobQueueWorker:
                 return True
             with conn.pipeline():
                 if error is None:
-                    conn.execute(q.COMPLETE, (job.id, result))
+                    conn.execute(q.COMPLETE, (job.id, result, next_at))
                 else:
                     conn.execute(q.ROLLBACK_TO_SAVEPOINT)
-                    fail = conn.execute(q.FAIL, (job.id, error))
+                    fail = conn.execute(q.FAIL, (job.id, error, next_at))
                 tx.__exit__(None, None, None)
         except BaseException as exc:
             if tx.status == Transaction.Status.ACTIVE:
@@ -328,6 +367,7 @@ class JobQueueWorker:
                 return True
             raise
         if error is None:
+            self.stats.add("completed")
             logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
         else:
             self._log_failure(job, error, fail.fetchone())
@@ -337,11 +377,13 @@ class JobQueueWorker:
         self, conn: psycopg.Connection[Any], job: JobRecord
     ) -> tuple[str | None, str | None]:
         """Run the job's handler: (None, result) on success, (error text, None) on failure."""
-        if job.name == RECURRING_JOB_NAME:
-            return None, None
-        handler = self._handler
-        if isinstance(handler, Mapping):
-            handler = handler[job.name]
+        handler: Handler
+        if job.name in BUILTIN_NAMES:
+            handler = run_builtin
+        elif isinstance(self._handler, Mapping):
+            handler = self._handler[job.name]
+        else:
+            handler = self._handler
         try:
             value = handler(conn, job)
         except psycopg.ProgrammingError as exc:
@@ -378,11 +420,12 @@ class JobQueueWorker:
     def _record_failure(self, conn: psycopg.Connection[Any], job: JobRecord, error: str) -> None:
         """Count a failed attempt in a transaction of its own."""
         with conn.transaction():
-            row = conn.execute(q.FAIL, (job.id, error)).fetchone()
+            next_at = next_run(job, datetime.now(UTC))
+            row = conn.execute(q.FAIL, (job.id, error, next_at)).fetchone()
         self._log_failure(job, error, row)
 
-    @staticmethod
-    def _log_failure(job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
+    def _log_failure(self, job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
+        self.stats.add("failed" if row is not None and row[0] == "failed" else "retried")
         if row is None:
             logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
         elif row[0] == "failed":
@@ -431,6 +474,29 @@ class JobQueueWorker:
                 )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+
+
+class WorkerStats:
+    """What a worker has done since it was made: jobs ``completed``, attempts
+    that failed and will be ``retried``, and jobs ``failed`` for good."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.completed = 0
+        self.retried = 0
+        self.failed = 0
+
+    def add(self, outcome: str) -> None:
+        with self._lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as a dict."""
+        with self._lock:
+            return {"completed": self.completed, "retried": self.retried, "failed": self.failed}
+
+    def __repr__(self) -> str:
+        return f"WorkerStats({self.as_dict()})"
 
 
 class _Waker:

@@ -37,10 +37,11 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue(
     p_scheduled_at timestamptz,
     p_delay interval,
     p_max_attempts integer,
-    p_retry jsonb
+    p_retry jsonb,
+    p_schedule jsonb
 ) RETURNS bigint
 LANGUAGE sql AS $$
-    INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry)
+    INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule)
     VALUES (
         coalesce(p_queue, 'default'),
         coalesce(p_name, ''),
@@ -48,7 +49,8 @@ LANGUAGE sql AS $$
         coalesce(p_priority, 1),
         coalesce(p_scheduled_at, now() + p_delay, now()),
         coalesce(p_max_attempts, 5),
-        p_retry
+        p_retry,
+        p_schedule
     )
     RETURNING id;
 $$;
@@ -64,20 +66,23 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue_many(
     p_scheduled_at timestamptz[],
     p_delays interval[],
     p_max_attempts integer[],
-    p_retries jsonb[]
+    p_retries jsonb[],
+    p_schedules jsonb[]
 ) RETURNS SETOF bigint
 LANGUAGE sql AS $$
     WITH input AS (
         SELECT *
         FROM unnest(p_queues, p_names, p_data, p_priorities, p_scheduled_at,
-                    p_delays, p_max_attempts, p_retries)
+                    p_delays, p_max_attempts, p_retries, p_schedules)
              WITH ORDINALITY
-             AS i(queue, name, data, priority, scheduled_at, delay, max_attempts, retry, ord)
+             AS i(queue, name, data, priority, scheduled_at, delay, max_attempts, retry,
+                  schedule, ord)
     ), inserted AS (
-        INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry)
+        INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry,
+                                  schedule)
         SELECT coalesce(queue, 'default'), coalesce(name, ''), coalesce(data, '{}'),
                coalesce(priority, 1), coalesce(scheduled_at, now() + delay, now()),
-               coalesce(max_attempts, 5), retry
+               coalesce(max_attempts, 5), retry, schedule
         FROM input
         ORDER BY ord
         RETURNING id
@@ -106,6 +111,13 @@ AS $$
 DECLARE
     v_job pgqueue.jobs;
 BEGIN
+    -- Queues with a global concurrency limit take the slower, slot-taking path.
+    IF EXISTS (SELECT 1 FROM pgqueue.queues q
+               WHERE q.max_concurrency IS NOT NULL
+                 AND (p_queues IS NULL OR q.name = ANY (p_queues))) THEN
+        RETURN QUERY SELECT * FROM pgqueue.dequeue_limited(p_limit, p_queues, p_names);
+        RETURN;
+    END IF;
     IF cardinality(p_queues) = 1 THEN
         FOR v_job IN
             SELECT *
@@ -161,35 +173,45 @@ $$;
 
 -- The built-in recurring job's work, done when it completes: enqueue the
 -- target job (priority one lower than the scheduler's) and move the
--- recurring row itself to its next run: previous scheduled_at + interval,
--- or now() + interval when that is already past (missed runs are skipped).
--- Calendar arithmetic in UTC: 31 Jan + 1 month = end of February.
-CREATE OR REPLACE FUNCTION pgqueue.run_recurring(p_job pgqueue.jobs) RETURNS void
+-- recurring row itself to its next run. With an interval: previous
+-- scheduled_at + interval, or now() + interval when that is already past
+-- (missed runs are skipped), in UTC calendar arithmetic (31 Jan + 1 month =
+-- end of February). With a cron or text schedule: p_next_at, computed by
+-- the worker.
+CREATE OR REPLACE FUNCTION pgqueue.run_recurring(p_job pgqueue.jobs, p_next_at timestamptz DEFAULT NULL)
+RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_interval interval := pgqueue.interval_from_json(p_job.data -> 'interval');
-    v_next timestamptz;
+    v_interval interval;
+    v_next timestamptz := p_next_at;
 BEGIN
     INSERT INTO pgqueue.jobs (queue, name, data, priority)
     VALUES (p_job.queue, p_job.data ->> 'name', coalesce(p_job.data -> 'data', '{}'),
             p_job.priority + 1);
 
-    v_next := (p_job.scheduled_at AT TIME ZONE 'UTC' + v_interval) AT TIME ZONE 'UTC';
-    IF v_next < now() THEN
-        v_next := (now() AT TIME ZONE 'UTC' + v_interval) AT TIME ZONE 'UTC';
+    IF v_next IS NULL THEN
+        v_interval := pgqueue.interval_from_json(p_job.data -> 'interval');
+        v_next := (p_job.scheduled_at AT TIME ZONE 'UTC' + v_interval) AT TIME ZONE 'UTC';
+        IF v_next < now() THEN
+            v_next := (now() AT TIME ZONE 'UTC' + v_interval) AT TIME ZONE 'UTC';
+        END IF;
     END IF;
     UPDATE pgqueue.jobs
-    SET scheduled_at = v_next, attempts = 0, last_error = NULL,
-        updated_at = now()
+    SET scheduled_at = v_next, attempts = 0, last_error = NULL, updated_at = now()
     WHERE id = p_job.id;
 END;
 $$;
 
 
 -- Mark a job completed; a recurring job instead enqueues its target and
--- reschedules itself. Returns false when the job is not pending (it was
+-- reschedules itself, and a job with a schedule is enqueued again at
+-- p_next_at (a new job). Returns false when the job is not pending (it was
 -- cancelled or finished meanwhile), true otherwise.
-CREATE OR REPLACE FUNCTION pgqueue.complete(p_id bigint, p_result text DEFAULT NULL) RETURNS boolean
+CREATE OR REPLACE FUNCTION pgqueue.complete(
+    p_id bigint,
+    p_result text DEFAULT NULL,
+    p_next_at timestamptz DEFAULT NULL
+) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_job pgqueue.jobs;
@@ -197,8 +219,12 @@ BEGIN
     UPDATE pgqueue.jobs
     SET status = 'completed', attempts = attempts + 1, result = p_result,
         completed_at = now(), updated_at = now()
-    WHERE id = p_id AND status = 'pending' AND name <> 'pgqueue.recurring';
+    WHERE id = p_id AND status = 'pending' AND name <> 'pgqueue.recurring'
+    RETURNING * INTO v_job;
     IF FOUND THEN
+        IF v_job.schedule IS NOT NULL AND p_next_at IS NOT NULL THEN
+            PERFORM pgqueue.repeat_job(v_job, p_next_at);
+        END IF;
         RETURN true;
     END IF;
     SELECT * INTO v_job FROM pgqueue.jobs
@@ -206,7 +232,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM pgqueue.run_recurring(v_job);
+    PERFORM pgqueue.run_recurring(v_job, p_next_at);
     RETURN true;
 END;
 $$;
@@ -243,55 +269,73 @@ $$;
 
 
 -- Record a failed attempt in the calling transaction: count it, keep the
--- error, and either schedule the next attempt after the policy's delay or,
--- when attempts are used up (or the next run would fall after the policy's
--- "until"), mark the job failed. Returns the updated row.
-CREATE OR REPLACE FUNCTION pgqueue.fail(p_id bigint, p_error text) RETURNS SETOF pgqueue.jobs
+-- error, and either schedule the next attempt after the retry policy's
+-- delay (the job's own keys over its queue's) or, when attempts are used
+-- up or the next run would fall after the policy's "until" or
+-- "max_duration" seconds from creation, mark the job failed. A job with a
+-- schedule that fails for good is still enqueued again at p_next_at.
+-- Returns the updated row.
+CREATE OR REPLACE FUNCTION pgqueue.fail(
+    p_id bigint,
+    p_error text,
+    p_next_at timestamptz DEFAULT NULL
+) RETURNS SETOF pgqueue.jobs
 LANGUAGE plpgsql AS $$
 DECLARE
     v_job pgqueue.jobs;
+    v_policy jsonb;
     v_next timestamptz;
+    v_final boolean;
 BEGIN
     SELECT * INTO v_job FROM pgqueue.jobs WHERE id = p_id AND status = 'pending' FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    v_next := now() + pgqueue.retry_delay(v_job.retry, v_job.attempts + 1);
-    RETURN QUERY
+    SELECT coalesce((SELECT q.retry FROM pgqueue.queues q WHERE q.name = v_job.queue), '{}')
+           || coalesce(v_job.retry, '{}')
+    INTO v_policy;
+    v_next := now() + pgqueue.retry_delay(v_policy, v_job.attempts + 1);
+    v_final := v_job.attempts + 1 >= v_job.max_attempts
+        OR v_next > (v_policy ->> 'until')::timestamptz
+        OR v_next > v_job.created_at
+                    + pg_catalog.make_interval(secs => (v_policy ->> 'max_duration')::double precision);
+    v_final := coalesce(v_final, false);
     UPDATE pgqueue.jobs
     SET attempts = attempts + 1,
         last_error = p_error,
         updated_at = now(),
-        status = CASE
-            WHEN attempts + 1 >= max_attempts THEN 'failed'
-            WHEN v_next > (retry ->> 'until')::timestamptz THEN 'failed'
-            ELSE 'pending' END,
-        scheduled_at = CASE
-            WHEN attempts + 1 >= max_attempts THEN scheduled_at
-            WHEN v_next > (retry ->> 'until')::timestamptz THEN scheduled_at
-            ELSE v_next END
+        status = CASE WHEN v_final THEN 'failed' ELSE 'pending' END,
+        scheduled_at = CASE WHEN v_final THEN scheduled_at ELSE v_next END
     WHERE id = p_id
-    RETURNING *;
+    RETURNING * INTO v_job;
+    IF v_final AND v_job.schedule IS NOT NULL AND p_next_at IS NOT NULL THEN
+        PERFORM pgqueue.repeat_job(v_job, p_next_at);
+    END IF;
+    RETURN NEXT v_job;
 END;
 $$;
 
 
 -- Upsert the built-in recurring job for p_name (one pending row per name,
--- also under concurrent calls): a new one runs at once; an existing one
--- keeps its scheduled_at and takes the new priority, interval and data.
+-- also under concurrent calls): a new one first runs at p_first_at (now when
+-- NULL); an existing one keeps its scheduled_at and takes the new priority,
+-- interval or schedule, data and (when given) queue.
 CREATE OR REPLACE FUNCTION pgqueue.add_recurring(
     p_queue text,
     p_name text,
     p_priority integer,
     p_interval jsonb,
-    p_data jsonb
+    p_data jsonb,
+    p_schedule jsonb DEFAULT NULL,
+    p_first_at timestamptz DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql AS $$
-    INSERT INTO pgqueue.jobs (queue, name, data, priority)
+    INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at)
     VALUES (coalesce(p_queue, 'default'), 'pgqueue.recurring',
-            jsonb_build_object('name', p_name, 'interval', p_interval,
-                               'data', coalesce(p_data, '{}')),
-            coalesce(p_priority, 1))
+            jsonb_strip_nulls(jsonb_build_object(
+                'name', p_name, 'interval', p_interval, 'schedule', p_schedule))
+            || jsonb_build_object('data', coalesce(p_data, '{}')),
+            coalesce(p_priority, 1), coalesce(p_first_at, now()))
     ON CONFLICT ((data ->> 'name')) WHERE name = 'pgqueue.recurring' AND status = 'pending'
     DO UPDATE SET priority = excluded.priority, data = excluded.data,
                   queue = coalesce(p_queue, pgqueue.jobs.queue), updated_at = now()
@@ -322,7 +366,7 @@ LANGUAGE sql STABLE AS $$
                      AND (j.id % 2147483648) IN (SELECT pgqueue.running_keys())
                 THEN 'running' ELSE j.status END,
            j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,
-           j.created_at, j.updated_at, j.completed_at
+           j.created_at, j.updated_at, j.completed_at, j.schedule
     FROM pgqueue.jobs j
     WHERE j.id = p_id;
 $$;
@@ -388,4 +432,205 @@ LANGUAGE sql STABLE AS $$
     FROM pgqueue.jobs j
     GROUP BY 1, 2, 3
     ORDER BY 1, 2, 3;
+$$;
+
+
+-- Take one of a queue's p_max concurrency slots for the calling transaction
+-- (transaction-scoped advisory locks, so a crash frees them), trying slots
+-- p_from .. p_max - 1; returns the slot taken, or NULL when all are held.
+CREATE OR REPLACE FUNCTION pgqueue.take_slot(p_queue text, p_max integer, p_from integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_key integer := pg_catalog.hashtext('pgqueue.queue:' || p_queue);
+BEGIN
+    FOR v_slot IN p_from .. p_max - 1 LOOP
+        IF pg_catalog.pg_try_advisory_xact_lock(v_key, v_slot) THEN
+            RETURN v_slot;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+
+-- pgqueue.dequeue for when some queue in reach has max_concurrency: claim
+-- one job at a time and, for a limited queue, a free slot with it. A job
+-- whose queue is full is let go again (its row lock was taken in a
+-- subtransaction that is rolled back) and the queue is skipped from then on.
+CREATE OR REPLACE FUNCTION pgqueue.dequeue_limited(
+    p_limit integer,
+    p_queues text[],
+    p_names text[]
+) RETURNS SETOF pgqueue.jobs
+LANGUAGE plpgsql
+SET enable_sort = off
+SET enable_bitmapscan = off
+AS $$
+DECLARE
+    v_job pgqueue.jobs;
+    v_full text[] := '{}';
+    v_ids bigint[] := '{}';
+    v_next_slot jsonb := '{}';
+    v_max integer;
+    v_slot integer;
+BEGIN
+    WHILE cardinality(v_ids) < p_limit LOOP
+        BEGIN
+            SELECT * INTO v_job
+            FROM pgqueue.jobs j
+            WHERE j.status = 'pending'
+              AND j.scheduled_at <= now()
+              AND (p_queues IS NULL OR j.queue = ANY (p_queues))
+              AND (p_names IS NULL OR j.name = ANY (p_names))
+              AND j.queue <> ALL (v_full)
+              AND j.id <> ALL (v_ids)
+            ORDER BY j.priority, j.scheduled_at, j.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            SELECT q.max_concurrency INTO v_max FROM pgqueue.queues q WHERE q.name = v_job.queue;
+            IF v_max IS NOT NULL THEN
+                v_slot := pgqueue.take_slot(v_job.queue, v_max,
+                                            coalesce((v_next_slot ->> v_job.queue)::integer, 0));
+                IF v_slot IS NULL THEN
+                    RAISE EXCEPTION 'queue % is full', v_job.queue USING ERRCODE = 'PGQ01';
+                END IF;
+                v_next_slot := v_next_slot || jsonb_build_object(v_job.queue, v_slot + 1);
+            END IF;
+            PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
+            v_ids := v_ids || v_job.id;
+            v_job.attempts := v_job.attempts + 1;
+            RETURN NEXT v_job;
+        EXCEPTION WHEN SQLSTATE 'PGQ01' THEN
+            v_full := v_full || v_job.queue;
+        END;
+    END LOOP;
+END;
+$$;
+
+
+-- Enqueue the next run of a job with a schedule: a copy at p_next_at.
+CREATE OR REPLACE FUNCTION pgqueue.repeat_job(p_job pgqueue.jobs, p_next_at timestamptz)
+RETURNS bigint
+LANGUAGE sql AS $$
+    INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry,
+                              schedule)
+    VALUES (p_job.queue, p_job.name, p_job.data, p_job.priority, p_next_at, p_job.max_attempts,
+            p_job.retry, p_job.schedule)
+    RETURNING id;
+$$;
+
+
+-- Cancel pending jobs, optionally only of a name, a queue, and whose data
+-- contains p_data (jsonb containment). Running jobs are skipped, not
+-- interrupted. Returns how many were cancelled.
+CREATE OR REPLACE FUNCTION pgqueue.cancel_jobs(p_name text, p_data jsonb, p_queue text)
+RETURNS bigint
+LANGUAGE sql AS $$
+    WITH picked AS (
+        SELECT j.id FROM pgqueue.jobs j
+        WHERE j.status = 'pending'
+          AND (p_name IS NULL OR j.name = p_name)
+          AND (p_queue IS NULL OR j.queue = p_queue)
+          AND (p_data IS NULL OR j.data @> p_data)
+        FOR UPDATE SKIP LOCKED
+    ), cancelled AS (
+        UPDATE pgqueue.jobs j SET status = 'cancelled', updated_at = now()
+        FROM picked WHERE j.id = picked.id
+        RETURNING 1
+    )
+    SELECT count(*) FROM cancelled;
+$$;
+
+
+-- Cancel one pending job; false when it is unknown, running or finished.
+CREATE OR REPLACE FUNCTION pgqueue.cancel_job(p_id bigint) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH picked AS (
+        SELECT j.id FROM pgqueue.jobs j
+        WHERE j.id = p_id AND j.status = 'pending'
+        FOR UPDATE SKIP LOCKED
+    ), cancelled AS (
+        UPDATE pgqueue.jobs j SET status = 'cancelled', updated_at = now()
+        FROM picked WHERE j.id = picked.id
+        RETURNING 1
+    )
+    SELECT count(*) = 1 FROM cancelled;
+$$;
+
+
+-- Make failed or cancelled jobs pending again, due now, with one more
+-- attempt allowed if they had used them all up. Returns how many.
+CREATE OR REPLACE FUNCTION pgqueue.retry_jobs(p_ids bigint[], p_name text, p_queue text)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_queues text[];
+BEGIN
+    WITH retried AS (
+        UPDATE pgqueue.jobs j
+        SET status = 'pending', scheduled_at = now(), completed_at = NULL, updated_at = now(),
+            max_attempts = greatest(j.max_attempts, j.attempts + 1)
+        WHERE j.status IN ('failed', 'cancelled')
+          AND (p_ids IS NULL OR j.id = ANY (p_ids))
+          AND (p_name IS NULL OR j.name = p_name)
+          AND (p_queue IS NULL OR j.queue = p_queue)
+        RETURNING j.queue
+    )
+    SELECT array_agg(queue) INTO v_queues FROM retried;
+    PERFORM pg_catalog.pg_notify('pgqueue_jobs', q.queue)
+    FROM (SELECT DISTINCT unnest(v_queues) AS queue) q;
+    RETURN coalesce(cardinality(v_queues), 0);
+END;
+$$;
+
+
+-- Delete finished jobs older than their clean-up rule (by name and status,
+-- falling back to the '*' rule of that status; no rule: kept). Returns how
+-- many were deleted.
+CREATE OR REPLACE FUNCTION pgqueue.cleanup() RETURNS bigint
+LANGUAGE sql AS $$
+    WITH deleted AS (
+        DELETE FROM pgqueue.jobs j
+        WHERE j.status <> 'pending'
+          AND j.updated_at < now() - (SELECT min(r.purge_after) FROM pgqueue.cleanup_rules r)
+          AND j.updated_at < now() - coalesce(
+              (SELECT r.purge_after FROM pgqueue.cleanup_rules r
+               WHERE r.name = j.name AND r.status = j.status),
+              (SELECT r.purge_after FROM pgqueue.cleanup_rules r
+               WHERE r.name = '*' AND r.status = j.status))
+        RETURNING 1
+    )
+    SELECT count(*) FROM deleted;
+$$;
+
+
+-- Delete every job that no worker is running right now. Returns how many.
+CREATE OR REPLACE FUNCTION pgqueue.clear_jobs(p_queue text) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH picked AS (
+        SELECT j.id FROM pgqueue.jobs j
+        WHERE p_queue IS NULL OR j.queue = p_queue
+        FOR UPDATE SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM pgqueue.jobs j USING picked WHERE j.id = picked.id RETURNING 1
+    )
+    SELECT count(*) FROM deleted;
+$$;
+
+
+-- Create or change a queue's settings.
+CREATE OR REPLACE FUNCTION pgqueue.configure_queue(
+    p_name text,
+    p_max_concurrency integer,
+    p_retry jsonb
+) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO pgqueue.queues (name, max_concurrency, retry)
+    VALUES (p_name, p_max_concurrency, p_retry)
+    ON CONFLICT (name) DO UPDATE
+    SET max_concurrency = excluded.max_concurrency, retry = excluded.retry, updated_at = now();
 $$;

@@ -1,0 +1,211 @@
+"""Operating on jobs after they are enqueued: cancel, retry, clean up, clear, list, and queue settings."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from . import _queries as q
+from ._db import SqlTarget, connection, translate_errors
+from ._input import check_int, check_text, dump_data
+from .builtins import CLEANUP_JOB_NAME
+from .errors import InvalidJobError
+from .queue import _add_builtin_recurring
+from .records import JobRecord, JobStatus
+from .retry import normalize_retry
+
+__all__ = [
+    "cancel_job",
+    "cancel_jobs",
+    "clear_jobs",
+    "configure_queue",
+    "list_jobs",
+    "register_cleanup",
+    "retry_failed_jobs",
+    "retry_job",
+    "run_cleanup",
+]
+
+_FINISHED: Final = ("completed", "failed", "cancelled")
+
+
+def cancel_jobs(
+    sql: SqlTarget,
+    name: str | None = None,
+    data: Any = None,
+    *,
+    queue: str | None = None,
+) -> int:
+    """Cancel pending jobs of ``name`` (and ``queue``) whose data contains ``data``; return how many.
+
+    ``data`` matches by JSON containment: ``{"shop_id": 1}`` matches
+    ``{"shop_id": 1, "user": 2}``. A job a worker is running is not
+    interrupted (and not cancelled). With no filter at all every pending job
+    is cancelled.
+    """
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(
+            q.CANCEL_JOBS,
+            (
+                None if name is None else check_text("name", name),
+                None if data is None else dump_data(data),
+                None if queue is None else check_text("queue", queue),
+            ),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def cancel_job(sql: SqlTarget, job_id: int) -> bool:
+    """Cancel one pending job; False when it is unknown, running or already finished."""
+    check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(q.CANCEL_JOB, (job_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def retry_job(sql: SqlTarget, job_id: int) -> bool:
+    """Make a failed or cancelled job pending again, due now; False if it is neither.
+
+    A job that used up its attempts gets one more.
+    """
+    check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(q.RETRY_JOBS, ([job_id], None, None)).fetchone()
+    return bool(row and row[0])
+
+
+def retry_failed_jobs(sql: SqlTarget, *, name: str | None = None, queue: str | None = None) -> int:
+    """Retry every failed or cancelled job (of ``name``, in ``queue``); return how many."""
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(
+            q.RETRY_JOBS,
+            (
+                None,
+                None if name is None else check_text("name", name),
+                None if queue is None else check_text("queue", queue),
+            ),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def clear_jobs(sql: SqlTarget, *, queue: str | None = None) -> int:
+    """Delete every job (of ``queue``) that no worker is running; return how many (Redwood's clear)."""
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(
+            q.CLEAR_JOBS, (None if queue is None else check_text("queue", queue),)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def list_jobs(
+    sql: SqlTarget,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    name: str | None = None,
+    limit: int = 100,
+) -> list[JobRecord]:
+    """The newest jobs first, filtered by stored ``status``, ``queue`` and ``name``; at most ``limit``."""
+    if status is not None and status not in JobStatus.__members__.values():
+        raise InvalidJobError(f"unknown status {status!r}; use one of {', '.join(JobStatus)}")
+    check_int("limit", limit, low=1)
+    params = {
+        "status": status,
+        "queue": None if queue is None else check_text("queue", queue),
+        "name": None if name is None else check_text("name", name),
+        "limit": limit,
+    }
+    with connection(sql) as conn, translate_errors():
+        rows = conn.execute(q.LIST_JOBS, params).fetchall()
+    return [JobRecord.from_row(row) for row in rows]
+
+
+def configure_queue(
+    sql: SqlTarget,
+    name: str,
+    *,
+    max_concurrency: int | None = None,
+    retry: Mapping[str, Any] | None = None,
+) -> None:
+    """Set a queue's settings (replacing earlier ones).
+
+    ``max_concurrency``: at most this many of the queue's jobs run at once,
+    across every worker process on every machine (enforced by the dequeue
+    function with transaction-scoped advisory-lock slots); None: no limit.
+    ``retry``: the queue's default retry policy; a job's own keys win.
+    """
+    check_text("queue", name)
+    if max_concurrency is not None:
+        check_int("max_concurrency", max_concurrency, low=1, high=10_000)
+    policy = normalize_retry(retry)
+    with connection(sql) as conn, translate_errors():
+        conn.execute(
+            q.CONFIGURE_QUEUE,
+            (name, max_concurrency, None if policy is None else json.dumps(policy)),
+        )
+
+
+def register_cleanup(
+    sql: SqlTarget,
+    rules: Iterable[Mapping[str, Any]] = (),
+    *,
+    default_days: float | None = None,
+    every: Mapping[str, Any] | None = None,
+) -> None:
+    """Register clean-up rules and make sure the clean-up job runs.
+
+    Each rule is ``{"type" or "name": job name, "purge_after_days": N}``
+    (Reaction's spelling; ``purgeAfterDays`` works too), optionally with
+    ``"statuses"``, a subset of completed / failed / cancelled (default all
+    three): finished jobs of that name are deleted N days after they
+    finished. ``default_days`` sets the rule for every other name. Nothing is
+    deleted that no rule covers. The built-in clean-up job
+    (``pgqueue.cleanup``) runs every ``every`` (default one hour) on any
+    worker that is not restricted to other names.
+    """
+    rows: list[tuple[str, str, float]] = []
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, Mapping):
+            raise InvalidJobError(f"cleanup rule {index} must be a mapping")
+        unknown = set(rule) - {"type", "name", "purge_after_days", "purgeAfterDays", "statuses"}
+        if unknown:
+            raise InvalidJobError(f"cleanup rule {index}: unknown key {sorted(unknown)[0]!r}")
+        name = rule.get("name", rule.get("type"))
+        if name is None:
+            raise InvalidJobError(f"cleanup rule {index} needs a type (the job name)")
+        days = rule.get("purge_after_days", rule.get("purgeAfterDays"))
+        statuses = rule.get("statuses", _FINISHED)
+        if isinstance(statuses, str) or not set(statuses) <= set(_FINISHED) or not statuses:
+            raise InvalidJobError(
+                f"cleanup rule {index}: statuses must be some of {', '.join(_FINISHED)}"
+            )
+        seconds = _days_to_seconds(f"cleanup rule {index}: purge_after_days", days)
+        rows.extend((check_text("name", name), status, seconds) for status in statuses)
+    if default_days is not None:
+        seconds = _days_to_seconds("default_days", default_days)
+        rows.extend(("*", status, seconds) for status in _FINISHED)
+    with connection(sql) as conn, translate_errors():
+        for row in rows:
+            conn.execute(q.SET_CLEANUP_RULE, row)
+        _add_builtin_recurring(conn, CLEANUP_JOB_NAME, every or {"hours": 1})
+
+
+def run_cleanup(sql: SqlTarget) -> int:
+    """Apply the clean-up rules now; return how many jobs were deleted."""
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(q.CLEANUP).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _days_to_seconds(what: str, days: Any) -> float:
+    if isinstance(days, bool) or not isinstance(days, (int, float)):
+        raise InvalidJobError(f"{what} must be a number of days, got {days!r}")
+    if not math.isfinite(days) or not 0 <= days <= 36_500:
+        raise InvalidJobError(f"{what} must be between 0 and 36500, got {days!r}")
+    return float(days) * 86_400.0
