@@ -29,7 +29,10 @@ from .errors import (
     SchemaNotMigratedError,
     SchemaTooNewError,
 )
+from .gadget import enqueue
+from .jobs import Job, JobNotConfiguredError
 from .migrate import migrate
+from .priority import PRIORITY_NAMES
 from .queue import (
     add_job_to_queue,
     add_jobs_to_queue,
@@ -38,9 +41,9 @@ from .queue import (
     get_job,
     pending_queue_size,
 )
-from .priority import PRIORITY_NAMES
 from .records import JobRecord, JobStatus
 from .schedule import Schedule, parse_schedule
+from .tasks import Task, job_handlers, task
 from .worker import Handler, JobQueueWorker, WorkerStats
 
 try:
@@ -53,6 +56,8 @@ __all__ = [
     "ConnectError",
     "Handler",
     "InvalidJobError",
+    "Job",
+    "JobNotConfiguredError",
     "JobQueueWorker",
     "JobRecord",
     "JobStatus",
@@ -62,6 +67,7 @@ __all__ = [
     "SchemaNotMigratedError",
     "Schedule",
     "SchemaTooNewError",
+    "Task",
     "WorkerStats",
     "__version__",
     "add_job_to_queue",
@@ -72,7 +78,9 @@ __all__ = [
     "cancel_jobs",
     "clear_jobs",
     "configure_queue",
+    "enqueue",
     "get_job",
+    "job_handlers",
     "list_jobs",
     "migrate",
     "parse_schedule",
@@ -81,4 +89,5 @@ __all__ = [
     "retry_failed_jobs",
     "retry_job",
     "run_cleanup",
+    "task",
 ]
