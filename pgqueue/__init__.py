@@ -24,6 +24,7 @@ from .errors import (
     ConfigurationError,
     ConnectError,
     InvalidJobError,
+    JobFailed,
     PgQueueError,
     SchemaError,
     SchemaNotMigratedError,
@@ -41,6 +42,7 @@ from .queue import (
     get_job,
     pending_queue_size,
 )
+from .reaction import BackgroundJobs, BackgroundJobsAPI, ReactionJob, ReactionJobAPI
 from .records import JobRecord, JobStatus
 from .schedule import Schedule, parse_schedule
 from .tasks import Task, job_handlers, task
@@ -52,17 +54,22 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "BackgroundJobs",
+    "BackgroundJobsAPI",
     "ConfigurationError",
     "ConnectError",
     "Handler",
     "InvalidJobError",
     "Job",
+    "JobFailed",
     "JobNotConfiguredError",
     "JobQueueWorker",
     "JobRecord",
     "JobStatus",
     "PRIORITY_NAMES",
     "PgQueueError",
+    "ReactionJob",
+    "ReactionJobAPI",
     "SchemaError",
     "SchemaNotMigratedError",
     "Schedule",

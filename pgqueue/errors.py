@@ -1,6 +1,7 @@
 """The exceptions pgqueue raises: one small tree, rooted at PgQueueError.
 
     PgQueueError
+    ├── JobFailed                raised by a handler to fail its attempt with exactly this message
     ├── InvalidJobError          bad input to an enqueue or schedule call (also a ValueError)
     ├── ConfigurationError       bad arguments to a worker or the CLI (also a ValueError)
     ├── ConnectError             the database could not be reached
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "InvalidJobError",
+    "JobFailed",
     "PgQueueError",
     "SchemaError",
     "SchemaNotMigratedError",
@@ -29,6 +31,15 @@ class PgQueueError(Exception):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
+
+
+class JobFailed(PgQueueError):
+    """The handler failed the attempt on purpose; its message is kept as last_error as it is.
+
+    Raise it from a handler to fail an attempt without a traceback in
+    ``last_error`` (Reaction's ``job.fail(reason)``); the retry policy decides
+    what follows, as for any other exception.
+    """
 
 
 class InvalidJobError(PgQueueError, ValueError):
@@ -57,6 +68,7 @@ class SchemaTooNewError(SchemaError):
 
 for _cls in (
     PgQueueError,
+    JobFailed,
     InvalidJobError,
     ConfigurationError,
     ConnectError,

@@ -73,15 +73,24 @@ def normalize_retry(policy: Mapping[str, Any] | None) -> dict[str, Any] | None:
                 )
             out[key] = value
         elif key == "until":
-            if not isinstance(value, datetime) or value.tzinfo is None:
-                raise InvalidJobError("retry until must be a timezone-aware datetime")
-            out[key] = value.isoformat()
+            out[key] = _until(value).isoformat()
         else:
             raise InvalidJobError(
                 f"unknown retry key {key!r}; expected backoff, delay, factor, max_delay, jitter,"
                 " max_duration, until"
             )
     return out or None
+
+
+def _until(value: Any) -> datetime:
+    if isinstance(value, str):  # a stored policy holds it as ISO-8601 text
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidJobError(f"retry until is not an ISO-8601 time: {value!r}") from None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidJobError("retry until must be a timezone-aware datetime")
+    return value
 
 
 #: Redwood's defaults: 24 attempts, ``1000 ms * attempts^4`` between them.

@@ -35,7 +35,7 @@ from . import queue as _queue
 from ._db import connect
 from ._input import check_text
 from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME, next_run, run_builtin
-from .errors import ConfigurationError
+from .errors import ConfigurationError, JobFailed
 from .migrate import check_schema
 from .records import JobRecord
 
@@ -386,6 +386,8 @@ class JobQueueWorker:
             handler = self._handler
         try:
             value = handler(conn, job)
+        except JobFailed as exc:
+            return _storable(str(exc)) or "job failed", None
         except psycopg.ProgrammingError as exc:
             if "forbidden within a Transaction" not in str(exc):
                 return _describe(exc), None
@@ -546,9 +548,13 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         head = f"{type(exc).__qualname__}: <str() failed>"
     trace = "".join(traceback.format_exception(exc))
-    text = f"{head}\n\n{trace}"[:_MAX_ERROR_LENGTH]
-    # Postgres text holds no NUL and no lone surrogate: escape them, or the
-    # failure could not be recorded and the job would be retried at once, forever.
+    return _storable(f"{head}\n\n{trace}")
+
+
+def _storable(text: str) -> str:
+    """Error text Postgres can store: at most 16,000 characters, NUL and lone surrogates
+    escaped (or the failure could not be recorded and the job would be retried at once, forever)."""
+    text = text[:_MAX_ERROR_LENGTH]
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
