@@ -37,10 +37,16 @@ SET_CLEANUP_RULE: Final = (
     " ON CONFLICT (name, status) DO UPDATE SET purge_after = excluded.purge_after"
 )
 LIST_JOBS: Final = (
-    "SELECT " + JOB_COLUMNS + " FROM pgqueue.jobs"  # noqa: S608 (constants)
+    "SELECT " + JOB_COLUMNS + " FROM ("  # noqa: S608 (constants)
+    " SELECT j.id, j.queue, j.name, j.data, j.priority,"
+    " CASE WHEN j.status = 'pending' AND (j.id %% 2147483648) IN"
+    " (SELECT pgqueue.running_keys()) THEN 'running' ELSE j.status END AS status,"
+    " j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,"
+    " j.created_at, j.updated_at, j.completed_at, j.schedule"
+    " FROM pgqueue.jobs j"
+    " WHERE (%(queue)s::text IS NULL OR j.queue = %(queue)s)"
+    " AND (%(name)s::text IS NULL OR j.name = %(name)s)) s"
     " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
-    " AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
-    " AND (%(name)s::text IS NULL OR name = %(name)s)"
     " ORDER BY id DESC LIMIT %(limit)s"
 )
 

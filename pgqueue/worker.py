@@ -189,7 +189,8 @@ class JobQueueWorker:
 
         Runs ``parallel_count`` slots until none finds a due job; jobs
         scheduled for later are left alone. Returns this worker's counts.
-        Not for a started worker.
+        :meth:`stop` ends it early, letting running jobs finish. Not for a
+        started worker.
         """
         if self._threads:
             raise ConfigurationError("work_off() is for a worker that is not started")
@@ -230,7 +231,15 @@ class JobQueueWorker:
             self._pool = None
 
     def stop(self) -> None:
-        """Pick up no new jobs, let running ones finish, and return when they have."""
+        """Pick up no new jobs, let running ones finish, and return when they have.
+
+        During :meth:`work_off` (from a signal handler, say) it only asks the
+        slots to stop; work_off returns once running jobs have finished.
+        """
+        if self._draining:
+            self._stopping.set()
+            self._waker.wake_all()
+            return
         if not self._threads:
             return
         self._stopping.set()

@@ -13,6 +13,7 @@ import pytest
 from cli_helpers import run_cli, write_app
 
 import pgqueue
+from pgqueue.migrate import migrations
 
 UNREACHABLE = "host=127.0.0.1 port=1 dbname=nowhere connect_timeout=5"
 
@@ -58,6 +59,21 @@ def test_help_names_the_environment_variables() -> None:
     assert "PGQUEUE_JOBS" in demo.stdout
     status = run_cli("status", "--help")
     assert "PGQUEUE_JSON" in status.stdout
+    for name in ("start", "stop"):
+        runner = run_cli(name, "--help")
+        assert runner.returncode == 0, runner.stderr
+        for env in ("PGQUEUE_WORKERS", "PGQUEUE_RUN_DIR", "PGQUEUE_TIMEOUT", "PGQUEUE_APP"):
+            assert env in runner.stdout, (name, env)
+    jobs = run_cli("jobs", "--help")
+    for env in ("PGQUEUE_STATUS", "PGQUEUE_LIMIT", "PGQUEUE_APP"):
+        assert env in jobs.stdout, env
+
+
+def test_every_command_accepts_app(dsn: str) -> None:
+    # One set of flags for every command, as with Redwood's runner; unused where no job runs.
+    for args in (["status"], ["jobs"], ["clear", "--yes"], ["retry", "--failed"]):
+        result = run_cli(*args, "--app", "not_imported_here:handlers", "--dsn", dsn)
+        assert result.returncode == 0, (args, result.stderr)
 
 
 def test_bad_environment_value_names_the_variable() -> None:
@@ -71,7 +87,8 @@ def test_bad_environment_value_names_the_variable() -> None:
 def test_migrate_empty_database_then_up_to_date(empty_dsn: str) -> None:
     first = run_cli("migrate", "--dsn", empty_dsn)
     assert first.returncode == 0, first.stderr
-    assert "applied 1 migration(s): 0001_jobs" in first.stdout
+    names = [f"{m.version:04d}_{m.name}" for m in migrations()]
+    assert f"applied {len(names)} migration(s): {', '.join(names)}" in first.stdout
     with psycopg.connect(empty_dsn) as conn:
         row = conn.execute("SELECT to_regclass('pgqueue.jobs') IS NOT NULL").fetchone()
         assert row == (True,)
@@ -193,8 +210,10 @@ def test_unreachable_database_names_host_and_port(tmp_path: Path, args: list[str
 @pytest.mark.parametrize(
     ("app", "message"),
     [
-        ("no_colon_here", "module:attribute"),
+        ("cli_app:", "module:attribute or module"),
+        ("no_such_module_xyz", "cannot import 'no_such_module_xyz'"),
         ("no_such_module_xyz:handler", "cannot import 'no_such_module_xyz'"),
+        ("cli_app", "defines no pgqueue.Job subclass or task"),
         ("cli_app:missing", "has no attribute 'missing'"),
         ("cli_app:not_a_handler", "expected a handler(conn, job)"),
     ],
