@@ -15,6 +15,7 @@ from .errors import InvalidJobError
 from .queue import _add_builtin_recurring
 from .records import JobRecord, JobStatus
 from .retry import normalize_retry
+from .schedule import normalize_interval
 
 __all__ = [
     "cancel_job",
@@ -110,7 +111,8 @@ def list_jobs(
     name: str | None = None,
     limit: int = 100,
 ) -> list[JobRecord]:
-    """The newest jobs first, filtered by stored ``status``, ``queue`` and ``name``; at most ``limit``."""
+    """The newest jobs first, filtered by ``status`` (``running`` while a worker holds
+    the job, as in get_job), ``queue`` and ``name``; at most ``limit``."""
     if status is not None and status not in JobStatus.__members__.values():
         raise InvalidJobError(f"unknown status {status!r}; use one of {', '.join(JobStatus)}")
     check_int("limit", limit, low=1)
@@ -189,10 +191,13 @@ def register_cleanup(
     if default_days is not None:
         seconds = _days_to_seconds("default_days", default_days)
         rows.extend(("*", status, seconds) for status in _FINISHED)
-    with connection(sql) as conn, translate_errors():
+    # Checked before anything is written, and written together: a bad ``every``
+    # must not leave the rules registered without the job that applies them.
+    interval = normalize_interval(every or {"hours": 1})
+    with connection(sql) as conn, translate_errors(), conn.transaction():
         for row in rows:
             conn.execute(q.SET_CLEANUP_RULE, row)
-        _add_builtin_recurring(conn, CLEANUP_JOB_NAME, every or {"hours": 1})
+        _add_builtin_recurring(conn, CLEANUP_JOB_NAME, interval)
 
 
 def run_cleanup(sql: SqlTarget) -> int:

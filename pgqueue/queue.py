@@ -45,6 +45,7 @@ def add_job_to_queue(
     queue: str | None = None,
     max_attempts: int | None = None,
     retry: Mapping[str, Any] | None = None,
+    schedule: str | None = None,
 ) -> int:
     """Insert one job and return its id.
 
@@ -54,7 +55,10 @@ def add_job_to_queue(
     database's now()), ``priority`` 1 (lower runs first), ``queue``
     ``"default"``, ``max_attempts`` 5, ``retry`` the default exponential
     policy (see :func:`pgqueue.retry.normalize_retry`). An empty job is an
-    immediate job of the highest default priority.
+    immediate job of the highest default priority. ``schedule`` (a cron or
+    text schedule) makes it a repeating job: it first runs at the next
+    occurrence (unless ``scheduled_at`` says otherwise), and each time it
+    finishes a copy is enqueued at the following one.
 
     On a Connection the insert joins the caller's open transaction: if the
     caller rolls back, the job never existed. On a pool it commits at once.
@@ -70,6 +74,7 @@ def add_job_to_queue(
             "queue": queue,
             "max_attempts": max_attempts,
             "retry": retry,
+            "schedule": schedule,
         }.items()
         if value is not None
     }

@@ -376,7 +376,8 @@ class JobQueueWorker:
                 return True
             raise
         if error is None:
-            self.stats.add("completed")
+            if job.name not in BUILTIN_NAMES:  # pgqueue's own jobs are not counted
+                self.stats.add("completed")
             logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
         else:
             self._log_failure(job, error, fail.fetchone())
@@ -436,7 +437,8 @@ class JobQueueWorker:
         self._log_failure(job, error, row)
 
     def _log_failure(self, job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
-        self.stats.add("failed" if row is not None and row[0] == "failed" else "retried")
+        if job.name not in BUILTIN_NAMES:
+            self.stats.add("failed" if row is not None and row[0] == "failed" else "retried")
         if row is None:
             logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
         elif row[0] == "failed":

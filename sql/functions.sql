@@ -527,16 +527,25 @@ $$;
 -- Cancel pending jobs, optionally only of a name, a queue, and whose data
 -- contains p_data (jsonb containment). Running jobs are skipped, not
 -- interrupted. Returns how many were cancelled.
+--
+-- Running means holding the job's advisory lock (running_keys), not merely a
+-- row lock: dequeue_limited locks a row for an instant while it checks the
+-- queue's slots, and SKIP LOCKED would skip that pending job. Other row locks
+-- are waited for, in id order (no deadlock between two of these calls).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_jobs(p_name text, p_data jsonb, p_queue text)
 RETURNS bigint
 LANGUAGE sql AS $$
-    WITH picked AS (
+    WITH running AS MATERIALIZED (
+        SELECT pgqueue.running_keys() AS k
+    ), picked AS (
         SELECT j.id FROM pgqueue.jobs j
         WHERE j.status = 'pending'
           AND (p_name IS NULL OR j.name = p_name)
           AND (p_queue IS NULL OR j.queue = p_queue)
           AND (p_data IS NULL OR j.data @> p_data)
-        FOR UPDATE SKIP LOCKED
+          AND (j.id % 2147483648) NOT IN (SELECT k FROM running)
+        ORDER BY j.id
+        FOR UPDATE OF j
     ), cancelled AS (
         UPDATE pgqueue.jobs j SET status = 'cancelled', updated_at = now()
         FROM picked WHERE j.id = picked.id
@@ -546,13 +555,15 @@ LANGUAGE sql AS $$
 $$;
 
 
--- Cancel one pending job; false when it is unknown, running or finished.
+-- Cancel one pending job; false when it is unknown, running or finished
+-- (running as in cancel_jobs).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_job(p_id bigint) RETURNS boolean
 LANGUAGE sql AS $$
     WITH picked AS (
         SELECT j.id FROM pgqueue.jobs j
         WHERE j.id = p_id AND j.status = 'pending'
-        FOR UPDATE SKIP LOCKED
+          AND (j.id % 2147483648) NOT IN (SELECT pgqueue.running_keys())
+        FOR UPDATE OF j
     ), cancelled AS (
         UPDATE pgqueue.jobs j SET status = 'cancelled', updated_at = now()
         FROM picked WHERE j.id = picked.id
@@ -563,21 +574,44 @@ $$;
 
 
 -- Make failed or cancelled jobs pending again, due now, with one more
--- attempt allowed if they had used them all up. Returns how many.
+-- attempt allowed if they had used them all up. A recurring row comes back
+-- only when its target has no pending one (at most one per target, the
+-- newest): the unique index allows one. Returns how many.
 CREATE OR REPLACE FUNCTION pgqueue.retry_jobs(p_ids bigint[], p_name text, p_queue text)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_queues text[];
 BEGIN
-    WITH retried AS (
-        UPDATE pgqueue.jobs j
-        SET status = 'pending', scheduled_at = now(), completed_at = NULL, updated_at = now(),
-            max_attempts = greatest(j.max_attempts, j.attempts + 1)
+    WITH candidates AS (
+        SELECT j.id, j.name, j.data ->> 'name' AS target
+        FROM pgqueue.jobs j
         WHERE j.status IN ('failed', 'cancelled')
           AND (p_ids IS NULL OR j.id = ANY (p_ids))
           AND (p_name IS NULL OR j.name = p_name)
           AND (p_queue IS NULL OR j.queue = p_queue)
+    ), picked AS (
+        SELECT c.id FROM candidates c
+        WHERE c.name <> 'pgqueue.recurring'
+           OR (c.id = (SELECT max(c2.id) FROM candidates c2
+                       WHERE c2.name = 'pgqueue.recurring' AND c2.target = c.target)
+               AND NOT EXISTS (SELECT 1 FROM pgqueue.jobs p
+                               WHERE p.name = 'pgqueue.recurring' AND p.status = 'pending'
+                                 AND p.data ->> 'name' = c.target))
+    ), retried AS (
+        -- A repeating job that failed for good has already enqueued its next
+        -- run (see pgqueue.fail): run again, it is a one-off, or the chain forks.
+        UPDATE pgqueue.jobs j
+        SET status = 'pending', scheduled_at = now(), completed_at = NULL, updated_at = now(),
+            max_attempts = greatest(j.max_attempts, j.attempts + 1),
+            schedule = CASE
+                WHEN j.status = 'failed' AND EXISTS (
+                    SELECT 1 FROM pgqueue.jobs n
+                    WHERE n.status = 'pending' AND n.id > j.id AND n.name = j.name
+                      AND n.queue = j.queue AND n.schedule = j.schedule AND n.data = j.data)
+                THEN NULL ELSE j.schedule END
+        FROM picked
+        WHERE j.id = picked.id AND j.status IN ('failed', 'cancelled')
         RETURNING j.queue
     )
     SELECT array_agg(queue) INTO v_queues FROM retried;
@@ -608,13 +642,18 @@ LANGUAGE sql AS $$
 $$;
 
 
--- Delete every job that no worker is running right now. Returns how many.
+-- Delete every job that no worker is running right now (running as in
+-- cancel_jobs). Returns how many.
 CREATE OR REPLACE FUNCTION pgqueue.clear_jobs(p_queue text) RETURNS bigint
 LANGUAGE sql AS $$
-    WITH picked AS (
+    WITH running AS MATERIALIZED (
+        SELECT pgqueue.running_keys() AS k
+    ), picked AS (
         SELECT j.id FROM pgqueue.jobs j
-        WHERE p_queue IS NULL OR j.queue = p_queue
-        FOR UPDATE SKIP LOCKED
+        WHERE (p_queue IS NULL OR j.queue = p_queue)
+          AND NOT (j.status = 'pending' AND (j.id % 2147483648) IN (SELECT k FROM running))
+        ORDER BY j.id
+        FOR UPDATE OF j
     ), deleted AS (
         DELETE FROM pgqueue.jobs j USING picked WHERE j.id = picked.id RETURNING 1
     )

@@ -14,8 +14,8 @@ from worker_helpers import Calls, db_now, running, scalar, wait_until
 
 import pgqueue
 import pgqueue.queue
-from pgqueue.gadget import enqueue
 from pgqueue import Job, JobNotConfiguredError, job_handlers, task
+from pgqueue.gadget import enqueue
 from pgqueue.retry import gadget_retry
 
 #: What the action saw, in the order the worker ran it.
