@@ -157,6 +157,8 @@ def register_cleanup(
     rules: Iterable[Mapping[str, Any]] = (),
     *,
     default_days: float | None = None,
+    delete_successful_jobs: bool = False,
+    delete_failed_jobs: bool = False,
     every: Mapping[str, Any] | None = None,
 ) -> None:
     """Register clean-up rules and make sure the clean-up job runs.
@@ -165,8 +167,10 @@ def register_cleanup(
     (Reaction's spelling; ``purgeAfterDays`` works too), optionally with
     ``"statuses"``, a subset of completed / failed / cancelled (default all
     three): finished jobs of that name are deleted N days after they
-    finished. ``default_days`` sets the rule for every other name. Nothing is
-    deleted that no rule covers. The built-in clean-up job
+    finished. ``default_days`` sets the rule for every other name.
+    ``delete_successful_jobs`` / ``delete_failed_jobs`` (Redwood's worker
+    options) delete every other name's completed / failed jobs at the next
+    clean-up run. Nothing is deleted that no rule covers. The built-in clean-up job
     (``pgqueue.cleanup``) runs every ``every`` (default one hour) on any
     worker that is not restricted to other names.
     """
@@ -191,6 +195,11 @@ def register_cleanup(
     if default_days is not None:
         seconds = _days_to_seconds("default_days", default_days)
         rows.extend(("*", status, seconds) for status in _FINISHED)
+    for flag, status in ((delete_successful_jobs, "completed"), (delete_failed_jobs, "failed")):
+        if not isinstance(flag, bool):
+            raise InvalidJobError("delete_successful_jobs and delete_failed_jobs must be True or False")
+        if flag:
+            rows.append(("*", status, 0.0))
     # Checked before anything is written, and written together: a bad ``every``
     # must not leave the rules registered without the job that applies them.
     interval = normalize_interval(every or {"hours": 1})

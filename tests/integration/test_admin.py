@@ -479,3 +479,19 @@ def test_a_pending_job_locked_for_a_moment_is_cancelled_not_skipped(
         thread.join(10)
         assert not thread.is_alive()
     assert outcomes == {"cancel_job": True, "cancel_jobs": 2, "clear_jobs": 3}
+
+
+def test_redwoods_delete_successful_jobs_maps_onto_cleanup_rules(conn):
+    done = pgqueue.add_job_to_queue(conn, name="welcome")
+    failed = pgqueue.add_job_to_queue(conn, name="welcome")
+    conn.execute("UPDATE pgqueue.jobs SET status = 'completed' WHERE id = %s", (done,))
+    conn.execute("UPDATE pgqueue.jobs SET status = 'failed' WHERE id = %s", (failed,))
+    pgqueue.register_cleanup(conn, delete_successful_jobs=True)
+    assert pgqueue.run_cleanup(conn) == 1
+    assert pgqueue.get_job(conn, done) is None
+    assert pgqueue.get_job(conn, failed) is not None  # Redwood keeps failed jobs by default
+    pgqueue.register_cleanup(conn, delete_failed_jobs=True)
+    assert pgqueue.run_cleanup(conn) == 1
+    assert pgqueue.get_job(conn, failed) is None
+    with pytest.raises(pgqueue.InvalidJobError):
+        pgqueue.register_cleanup(conn, delete_failed_jobs="yes")  # type: ignore[arg-type]
