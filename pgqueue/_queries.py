@@ -54,8 +54,11 @@ LIST_JOBS: Final = (
 BEGIN: Final = "BEGIN"
 DEQUEUE: Final = "SELECT " + JOB_COLUMNS + " FROM pgqueue.dequeue(%s, %s, %s)"  # noqa: S608 (constants)
 SAVEPOINT: Final = "SAVEPOINT pgqueue_job"
+# Two statements, one round trip (simple query protocol: no parameters).
+RELEASE_AND_SAVEPOINT: Final = "RELEASE SAVEPOINT pgqueue_job; SAVEPOINT pgqueue_job"
 ROLLBACK_TO_SAVEPOINT: Final = "ROLLBACK TO SAVEPOINT pgqueue_job"
 COMPLETE: Final = "SELECT pgqueue.complete(%s, %s, %s)"
+COMPLETE_MANY: Final = "SELECT pgqueue.complete_many(%s::bigint[], %s::text[], %s::timestamptz[])"
 FAIL: Final = "SELECT status, scheduled_at, attempts FROM pgqueue.fail(%s, %s, %s)"
 CLEANUP: Final = "SELECT pgqueue.cleanup()"
 COMMIT: Final = "COMMIT"

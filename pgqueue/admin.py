@@ -197,7 +197,9 @@ def register_cleanup(
         rows.extend(("*", status, seconds) for status in _FINISHED)
     for flag, status in ((delete_successful_jobs, "completed"), (delete_failed_jobs, "failed")):
         if not isinstance(flag, bool):
-            raise InvalidJobError("delete_successful_jobs and delete_failed_jobs must be True or False")
+            raise InvalidJobError(
+                "delete_successful_jobs and delete_failed_jobs must be True or False"
+            )
         if flag:
             rows.append(("*", status, 0.0))
     # Checked before anything is written, and written together: a bad ``every``

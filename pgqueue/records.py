@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["JobRecord", "JobStatus"]
+__all__ = ["JobRecord", "JobStatus", "WorkerStats"]
 
 
 class JobStatus(enum.StrEnum):
@@ -61,5 +62,29 @@ class JobRecord:
         return cls(*values)
 
 
+class WorkerStats:
+    """What a worker has done since it was made: jobs ``completed``, attempts
+    that failed and will be ``retried``, and jobs ``failed`` for good."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.completed = 0
+        self.retried = 0
+        self.failed = 0
+
+    def add(self, outcome: str) -> None:
+        with self._lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as a dict."""
+        with self._lock:
+            return {"completed": self.completed, "retried": self.retried, "failed": self.failed}
+
+    def __repr__(self) -> str:
+        return f"WorkerStats({self.as_dict()})"
+
+
 JobStatus.__module__ = "pgqueue"
+WorkerStats.__module__ = "pgqueue"
 JobRecord.__module__ = "pgqueue"

@@ -238,6 +238,40 @@ END;
 $$;
 
 
+-- Complete the jobs of one transaction (batch mode, and single jobs too):
+-- plain jobs in one UPDATE, recurring and repeating ones one by one through
+-- pgqueue.complete. Returns how many were still pending.
+CREATE OR REPLACE FUNCTION pgqueue.complete_many(
+    p_ids bigint[],
+    p_results text[],
+    p_next_at timestamptz[]
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_plain bigint[];
+    v_count integer;
+BEGIN
+    WITH done AS (
+        UPDATE pgqueue.jobs j
+        SET status = 'completed', attempts = j.attempts + 1, result = u.result,
+            completed_at = now(), updated_at = now()
+        FROM unnest(p_ids, p_results) AS u(id, result)
+        WHERE j.id = u.id AND j.status = 'pending'
+          AND j.name <> 'pgqueue.recurring' AND j.schedule IS NULL
+        RETURNING j.id
+    )
+    SELECT coalesce(array_agg(id), '{}') INTO v_plain FROM done;
+    v_count := cardinality(v_plain);
+    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+        IF NOT p_ids[i] = ANY (v_plain) AND pgqueue.complete(p_ids[i], p_results[i], p_next_at[i]) THEN
+            v_count := v_count + 1;
+        END IF;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+
 -- Delay before retry number p_attempt (1 = the first retry) under a retry
 -- policy; NULL policy or missing keys take the defaults:
 --   backoff 'exponential' (or 'fixed', 'linear', 'polynomial'), delay 10 s,
