@@ -15,7 +15,7 @@ from .plan import Plan
 from .server import Server
 from .stats import summarize
 
-# The same columns pgqueue.enqueue_many fills, so COPY does the same work minus pgqueue.
+# The same columns pgqueue's bulk COPY fills, so COPY does the same work minus pgqueue.
 _COPY: Final = (
     "COPY pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule)"
     " FROM STDIN"

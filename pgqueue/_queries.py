@@ -11,9 +11,13 @@ JOB_COLUMNS: Final[LiteralString] = (
 )
 
 ENQUEUE: Final = "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
-ENQUEUE_MANY: Final = (
-    "SELECT pgqueue.enqueue_many(%s::text[], %s::text[], %s::jsonb[], %s::int[],"
-    " %s::timestamptz[], %s::interval[], %s::int[], %s::jsonb[], %s::jsonb[])"
+RESERVE_JOB_IDS: Final = (
+    "SELECT now(), array(SELECT nextval(pg_get_serial_sequence('pgqueue.jobs', 'id'))"
+    " FROM generate_series(1, %s))"
+)
+COPY_JOBS: Final = (
+    "COPY pgqueue.jobs (id, queue, name, data, priority, scheduled_at, max_attempts, retry,"
+    " schedule) FROM STDIN"
 )
 ADD_RECURRING: Final = (
     "SELECT pgqueue.add_recurring(%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s)"
@@ -54,6 +58,9 @@ LIST_JOBS: Final = (
 BEGIN: Final = "BEGIN"
 DEQUEUE: Final = "SELECT " + JOB_COLUMNS + " FROM pgqueue.dequeue(%s, %s, %s)"  # noqa: S608 (constants)
 SAVEPOINT: Final = "SAVEPOINT pgqueue_job"
+# Batch mode: to tell, after a handler ended the transaction with raw SQL, a COMMIT from a ROLLBACK.
+CURRENT_XACT_ID: Final = "SELECT pg_current_xact_id_if_assigned()::text"
+XACT_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
 # Two statements, one round trip (simple query protocol: no parameters).
 RELEASE_AND_SAVEPOINT: Final = "RELEASE SAVEPOINT pgqueue_job; SAVEPOINT pgqueue_job"
 ROLLBACK_TO_SAVEPOINT: Final = "ROLLBACK TO SAVEPOINT pgqueue_job"

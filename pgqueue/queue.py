@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from . import _queries as q
 from ._db import SqlTarget, connection, translate_errors
@@ -22,7 +22,13 @@ from ._input import (
 from .errors import InvalidJobError
 from .priority import to_priority
 from .records import JobRecord
+from .retry import DEFAULT_MAX_ATTEMPTS
 from .schedule import normalize_interval
+
+#: The column defaults of pgqueue.jobs (sql/migrations/0001_jobs.sql), for
+#: the bulk path that writes every column itself.
+DEFAULT_QUEUE: Final = "default"
+DEFAULT_PRIORITY: Final = 1
 
 __all__ = [
     "add_job_to_queue",
@@ -86,25 +92,43 @@ def add_job_to_queue(
 
 
 def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list[int]:
-    """Insert many jobs in one statement and return their ids, in input order.
+    """Insert many jobs with one COPY and return their ids, in input order.
 
     Each job is a dict as for :func:`add_job_to_queue`. All of them are
     validated before anything is sent; one bad job raises InvalidJobError
     (naming its index) and none is written. One NOTIFY per queue, not per job.
+    On a Connection the jobs join the caller's open transaction.
     """
-    columns: list[list[Any]] = [[] for _ in range(len(EnqueueParams.__slots__))]
+    batch: list[EnqueueParams] = []
     for index, job in enumerate(jobs):
         try:
-            params = enqueue_params(job, {})
+            batch.append(enqueue_params(job, {}))
         except InvalidJobError as exc:
             raise InvalidJobError(f"job {index}: {exc}") from exc
-        for column, value in zip(columns, params.as_tuple(), strict=True):
-            column.append(value)
-    if not columns[0]:
+    if not batch:
         return []
     with connection(sql) as conn, translate_errors():
-        rows = conn.execute(q.ENQUEUE_MANY, columns).fetchall()
-    return [int(row[0]) for row in rows]
+        # The ids and the transaction's now() (what the column default would
+        # give) in one round trip, then the rows in one COPY.
+        row = conn.execute(q.RESERVE_JOB_IDS, (len(batch),)).fetchone()
+        assert row is not None
+        now, ids = row[0], sorted(row[1])
+        with conn.cursor().copy(q.COPY_JOBS) as copy:
+            for job_id, p in zip(ids, batch, strict=True):
+                copy.write_row(
+                    (
+                        job_id,
+                        DEFAULT_QUEUE if p.queue is None else p.queue,
+                        "" if p.name is None else p.name,
+                        "{}" if p.data is None else p.data,
+                        DEFAULT_PRIORITY if p.priority is None else p.priority,
+                        p.scheduled_at or (now + p.delay if p.delay is not None else now),
+                        DEFAULT_MAX_ATTEMPTS if p.max_attempts is None else p.max_attempts,
+                        p.retry,
+                        p.schedule,
+                    )
+                )
+    return [int(job_id) for job_id in ids]
 
 
 def add_recurring_job_to_queue(

@@ -209,3 +209,21 @@ def test_an_unmigrated_database_says_to_run_migrate(empty_dsn):
             pgqueue.add_job_to_queue(conn, name="a")
         with pytest.raises(pgqueue.SchemaNotMigratedError, match="pgqueue migrate"):
             pgqueue.pending_queue_size(conn)
+
+
+def test_bulk_and_single_enqueue_store_the_same_defaults(conn):
+    single = pgqueue.get_job(conn, pgqueue.add_job_to_queue(conn, {}))
+    (bulk_id,) = pgqueue.add_jobs_to_queue(conn, [{}])
+    bulk = pgqueue.get_job(conn, bulk_id)
+    assert single is not None
+    assert bulk is not None
+    fields = ("queue", "name", "data", "priority", "status", "attempts", "max_attempts", "retry")
+    assert [getattr(bulk, f) for f in fields] == [getattr(single, f) for f in fields]
+    assert bulk.scheduled_at <= db_now(conn)
+
+
+def test_bulk_enqueue_joins_the_callers_transaction(dsn):
+    with psycopg.connect(dsn) as conn:
+        ids = pgqueue.add_jobs_to_queue(conn, [{"name": "a"}, {"name": "b"}])
+        conn.rollback()
+        assert all(pgqueue.get_job(conn, i) is None for i in ids)
