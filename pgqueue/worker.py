@@ -74,7 +74,7 @@ class JobQueueWorker:
     often an idle worker looks for due jobs when no NOTIFY wakes it.
     ``parallel_count`` (default 1) jobs run at once.
 
-    ``batch_size`` (default 1) > 1 turns on batch mode: each slot claims up
+    ``batch_size`` (default 1, at most 50) > 1 turns on batch mode: each slot claims up
     to that many jobs in one transaction, runs each handler under its own
     savepoint (a failing handler rolls back only its own writes, and its job
     is retried), records every completion and failure together and commits
@@ -130,8 +130,11 @@ class JobQueueWorker:
             raise ConfigurationError("parallel_count must be between 1 and 1000")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise ConfigurationError("batch_size must be an integer")
-        if not 1 <= batch_size <= 1000:
-            raise ConfigurationError("batch_size must be between 1 and 1000")
+        if not 1 <= batch_size <= 50:
+            # Postgres caches 64 subtransactions per transaction; a batch of
+            # writing handlers uses one each, and overflowing the cache slows
+            # every other session down.
+            raise ConfigurationError("batch_size must be between 1 and 50")
         if name is not None:
             check_text("name", name)
             if isinstance(handler, Mapping) and name not in handler:
@@ -354,10 +357,14 @@ class JobQueueWorker:
         jobs: list[JobRecord] = []
         done: list[tuple[JobRecord, str | None]] = []
         failed: list[tuple[JobRecord, str]] = []
+        xid_cur = None
         try:
             with conn.pipeline():
                 tx.__enter__()
                 cur = conn.execute(q.DEQUEUE, (self.batch_size, self.queues, self._names))
+                if self.batch_size > 1:
+                    # Claiming a job assigned the xid (row locks); none claimed: NULL.
+                    xid_cur = conn.execute(q.CURRENT_XACT_ID)
                 conn.execute(q.SAVEPOINT)
             jobs = [JobRecord.from_row(row) for row in cur.fetchall()]
             if not jobs:
@@ -370,11 +377,15 @@ class JobQueueWorker:
                 if error is None:
                     done.append((job, result))
                 elif conn.info.transaction_status == TransactionStatus.IDLE:
-                    # The handler ended the transaction itself (a raw COMMIT),
-                    # committing the jobs before it: record them and this
-                    # failure apart; the rest of the batch is free again.
+                    # The handler ended the transaction itself with raw SQL. A
+                    # COMMIT committed the jobs before it: complete them apart.
+                    # A ROLLBACK undid their writes: leave them to run again.
+                    # Failures are recorded either way; the rest of the batch
+                    # is free again.
                     tx.__exit__(None, None, None)
-                    self._finish_apart(conn, done, [(job, error)])
+                    if done and not self._committed(conn, xid_cur):
+                        done = []
+                    self._finish_apart(conn, done, [*failed, (job, error)])
                     return True
                 else:
                     conn.execute(q.ROLLBACK_TO_SAVEPOINT)
@@ -480,6 +491,15 @@ class JobQueueWorker:
                 None,
             )
         return None, value if isinstance(value, str) else None
+
+    @staticmethod
+    def _committed(conn: psycopg.Connection[Any], xid_cur: psycopg.Cursor[Any] | None) -> bool:
+        """Whether the batch's transaction (already ended) committed."""
+        row = xid_cur.fetchone() if xid_cur is not None else None
+        if row is None or row[0] is None:
+            return False
+        state = conn.execute(q.XACT_STATUS, (row[0],)).fetchone()
+        return state is not None and state[0] == "committed"
 
     @staticmethod
     def _rollback_if_open(conn: psycopg.Connection[Any]) -> None:
