@@ -81,6 +81,11 @@ def translate_errors() -> Iterator[None]:
             f"the database refused the value: {str(exc).splitlines()[0]}"
         ) from exc
     except psycopg.OperationalError as exc:
+        if exc.sqlstate and exc.sqlstate.startswith("54"):
+            # Program limit exceeded (an index row too large, say): the value.
+            raise InvalidJobError(
+                f"the database refused the value: {str(exc).splitlines()[0]}"
+            ) from exc
         # Only connection-level failures (no SQLSTATE, class 08, or an
         # administrator shutdown); other server errors keep their type.
         if exc.sqlstate is not None and not exc.sqlstate.startswith(("08", "57P")):

@@ -7,17 +7,20 @@ from typing import Final, LiteralString
 # The columns of a job, in JobRecord's field order.
 JOB_COLUMNS: Final[LiteralString] = (
     "id, queue, name, data, priority, status, scheduled_at, attempts, max_attempts,"
-    " retry, last_error, result, created_at, updated_at, completed_at, schedule"
+    " retry, last_error, result, created_at, updated_at, completed_at, schedule, timeout,"
+    " crashes, lease_until"
 )
 
-ENQUEUE: Final = "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
+ENQUEUE: Final = (
+    "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)"
+)
 RESERVE_JOB_IDS: Final = (
     "SELECT now(), array(SELECT nextval(pg_get_serial_sequence('pgqueue.jobs', 'id'))"
     " FROM generate_series(1, %s))"
 )
 COPY_JOBS: Final = (
     "COPY pgqueue.jobs (id, queue, name, data, priority, scheduled_at, max_attempts, retry,"
-    " schedule) FROM STDIN"
+    " schedule, timeout) FROM STDIN"
 )
 ADD_RECURRING: Final = (
     "SELECT pgqueue.add_recurring(%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s)"
@@ -46,7 +49,8 @@ LIST_JOBS: Final = (
     " CASE WHEN j.status = 'pending' AND (j.id %% 2147483648) IN"
     " (SELECT pgqueue.running_keys()) THEN 'running' ELSE j.status END AS status,"
     " j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,"
-    " j.created_at, j.updated_at, j.completed_at, j.schedule"
+    " j.created_at, j.updated_at, j.completed_at, j.schedule, j.timeout, j.crashes,"
+    " j.lease_until"
     " FROM pgqueue.jobs j"
     " WHERE (%(queue)s::text IS NULL OR j.queue = %(queue)s)"
     " AND (%(name)s::text IS NULL OR j.name = %(name)s)) s"
@@ -68,6 +72,39 @@ COMPLETE: Final = "SELECT pgqueue.complete(%s, %s, %s)"
 COMPLETE_MANY: Final = "SELECT pgqueue.complete_many(%s::bigint[], %s::text[], %s::timestamptz[])"
 FAIL: Final = "SELECT status, scheduled_at, attempts FROM pgqueue.fail(%s, %s, %s)"
 CLEANUP: Final = "SELECT pgqueue.cleanup()"
+# Per job with a timeout, in its transaction: Postgres's own limits (a backstop for a worker
+# too stuck to run its watchdog) and the backend to end when the watchdog fires.
+SET_TIMEOUTS: Final = (
+    "SELECT set_config('statement_timeout', %s, true),"
+    " set_config('idle_in_transaction_session_timeout', %s, true), pg_backend_pid()"
+)
+# Back to the session's own limits, for a job without a timeout later in the batch (no
+# parameters: two statements in one round trip).
+RESET_TIMEOUTS: Final = "RESET statement_timeout; RESET idle_in_transaction_session_timeout"
+
+# Crashed attempts: on the worker's side connection, outside the jobs' transaction, sent
+# through libpq directly (pgqueue.supervisor), hence the $n placeholders; all text parameters.
+START_JOBS: Final = (
+    b"SELECT pgqueue.start_jobs($1::bigint[], $2::integer[], $3::timestamptz[], $4, $5::bigint,"
+    b" $6::bigint, $7::bigint[], $8::bigint[])"
+)
+FORGET_STARTS: Final = b"SELECT pgqueue.forget_starts($1::bigint[], $2::bigint)"
+# The watchdog: mark the start, end the transaction (waiting up to the given ms), settle.
+TIME_OUT_START: Final = (
+    b"SELECT pgqueue.time_out_start($1::bigint, $2::double precision, $3::bigint[], $4::bigint)"
+)
+TERMINATE_BACKEND: Final = "SELECT pg_terminate_backend(%s, %s)"
+SETTLE_JOB: Final = "SELECT status, scheduled_at, attempts FROM pgqueue.settle_job(%s)"
+
+# Lease mode.
+LEASE_JOBS: Final = (
+    "SELECT " + JOB_COLUMNS + " FROM pgqueue.lease_jobs(%s::bigint[], %s)"  # noqa: S608 (constants)
+)
+EXTEND_LEASES: Final = "SELECT pgqueue.extend_leases(%s::bigint[], %s::integer[], %s)"
+COMPLETE_LEASED: Final = "SELECT pgqueue.complete_leased(%s, %s, %s, %s)"
+FAIL_LEASED: Final = (
+    "SELECT status, scheduled_at, attempts FROM pgqueue.fail_leased(%s, %s, %s, %s)"
+)
 COMMIT: Final = "COMMIT"
 ROLLBACK: Final = "ROLLBACK"
 LISTEN: Final = "LISTEN pgqueue_jobs"

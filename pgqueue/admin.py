@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from . import _queries as q
 from ._db import SqlTarget, connection, translate_errors
-from ._input import check_int, check_text, dump_data
+from ._input import MAX_NAME_BYTES, check_int, check_text, dump_data
+from ._show import show
 from .builtins import CLEANUP_JOB_NAME
 from .errors import InvalidJobError
 from .queue import _add_builtin_recurring
@@ -180,7 +180,9 @@ def register_cleanup(
             raise InvalidJobError(f"cleanup rule {index} must be a mapping")
         unknown = set(rule) - {"type", "name", "purge_after_days", "purgeAfterDays", "statuses"}
         if unknown:
-            raise InvalidJobError(f"cleanup rule {index}: unknown key {sorted(unknown)[0]!r}")
+            raise InvalidJobError(
+                f"cleanup rule {index}: unknown key {sorted(map(show, unknown))[0]}"
+            )
         name = rule.get("name", rule.get("type"))
         if name is None:
             raise InvalidJobError(f"cleanup rule {index} needs a type (the job name)")
@@ -191,7 +193,10 @@ def register_cleanup(
                 f"cleanup rule {index}: statuses must be some of {', '.join(_FINISHED)}"
             )
         seconds = _days_to_seconds(f"cleanup rule {index}: purge_after_days", days)
-        rows.extend((check_text("name", name), status, seconds) for status in statuses)
+        rows.extend(
+            (check_text("name", name, max_bytes=MAX_NAME_BYTES), status, seconds)
+            for status in statuses
+        )
     if default_days is not None:
         seconds = _days_to_seconds("default_days", default_days)
         rows.extend(("*", status, seconds) for status in _FINISHED)
@@ -221,7 +226,7 @@ def run_cleanup(sql: SqlTarget) -> int:
 
 def _days_to_seconds(what: str, days: Any) -> float:
     if isinstance(days, bool) or not isinstance(days, (int, float)):
-        raise InvalidJobError(f"{what} must be a number of days, got {days!r}")
-    if not math.isfinite(days) or not 0 <= days <= 36_500:
-        raise InvalidJobError(f"{what} must be between 0 and 36500, got {days!r}")
+        raise InvalidJobError(f"{what} must be a number of days, got {show(days)}")
+    if not 0 <= days <= 36_500:  # NaN fails this too
+        raise InvalidJobError(f"{what} must be between 0 and 36500, got {show(days)}")
     return float(days) * 86_400.0

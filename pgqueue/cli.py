@@ -85,6 +85,29 @@ def _worker_options(sub: argparse.ArgumentParser, *, queues: bool, poll: bool) -
             metavar="SECONDS",
             help="how often an idle worker looks for due jobs without a NOTIFY",
         )
+        option(
+            sub,
+            "--listen-dsn",
+            dest="listen_dsn",
+            metavar="DSN",
+            secret=True,
+            help="a direct DSN for the one LISTEN connection, when --dsn goes through "
+            "pgbouncer in transaction-pooling mode (default: --dsn)",
+        )
+        option(
+            sub,
+            "--no-listen",
+            dest="no_listen",
+            action="store_true",
+            help="no LISTEN connection: idle workers poll every --poll-interval",
+        )
+    option(
+        sub,
+        "--no-prepare",
+        dest="no_prepare",
+        action="store_true",
+        help="no server-side prepared statements (for pgbouncer in transaction-pooling mode)",
+    )
 
 
 def _runner_options(sub: argparse.ArgumentParser, *, workers: str | None, force: bool) -> None:
@@ -201,9 +224,19 @@ def _add_admin_commands(commands: Any) -> None:
         "migrate",
         cmd_migrate,
         "create or upgrade pgqueue's schema",
-        "Apply pending migrations (safe to run at once from several processes).",
+        "Apply pending migrations (safe to run at once from several processes). Needs a "
+        "direct connection, not one through pgbouncer in transaction-pooling mode.",
     )
     add_app(sub, used=False)
+    option(
+        sub,
+        "--roles",
+        dest="roles",
+        action="store_true",
+        help="also create the group roles pgqueue_producer and pgqueue_worker (needs "
+        "CREATEROLE) and grant them least privilege (sql/roles.sql); once set up, every "
+        "migrate re-applies the grants",
+    )
 
     sub = _command(
         commands,
@@ -341,7 +374,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """``pgqueue migrate``: apply pending migrations and say which."""
     with database(args) as dsn, open_connection(dsn) as conn:
         print(f"migrating {describe_dsn(dsn)}")
-        applied = migrate(conn)
+        applied = migrate(conn, roles=True if args.roles else None)
     names = {m.version: f"{m.version:04d}_{m.name}" for m in migrations()}
     if applied:
         listed = ", ".join(names[version] for version in applied)
@@ -349,6 +382,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"schema is now at version {latest_version()}")
     else:
         print(f"schema is up to date (version {latest_version()}); nothing to apply")
+    if args.roles:
+        print("roles pgqueue_producer and pgqueue_worker are set up (NOLOGIN groups)")
     return 0
 
 

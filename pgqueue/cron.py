@@ -20,12 +20,18 @@ from .errors import InvalidJobError
 __all__ = [
     "CRON_MACROS",
     "LAST_DAY",
+    "MAX_SCHEDULE_LENGTH",
     "FieldPattern",
     "compile_patterns",
     "looks_like_cron",
     "next_instant",
     "parse_cron",
 ]
+
+#: The longest schedule text accepted, in characters (cron or text). Longer text is refused
+#: before it is parsed: it bounds the work and keeps numbers far below the 4300 digits that
+#: Python's int() accepts.
+MAX_SCHEDULE_LENGTH: Final = 1000
 
 #: The value that stands for the last day of the month in :attr:`FieldPattern.monthdays`.
 LAST_DAY: Final = -1
@@ -213,6 +219,15 @@ _FIELD_LIST: Final = " ".join(spec.name for spec in _FIELDS)
 _ITEM: Final = re.compile(r"(?:(\*)|([a-z0-9]+)(?:-([a-z0-9]+))?)(?:/([0-9]+))?", re.IGNORECASE)
 
 
+def check_length(text: str) -> None:
+    """Raise InvalidJobError when schedule text is longer than :data:`MAX_SCHEDULE_LENGTH`."""
+    if len(text) > MAX_SCHEDULE_LENGTH:
+        raise InvalidJobError(
+            f"schedule text is {len(text)} characters long; at most {MAX_SCHEDULE_LENGTH}"
+            " are allowed"
+        )
+
+
 def _fail(text: str, problem: str, position: int, why: str = "") -> InvalidJobError:
     message = f"{problem} at position {position} in {text!r}"
     return InvalidJobError(f"{message}: {why}" if why else message)
@@ -273,6 +288,7 @@ def parse_cron(text: str) -> tuple[FieldPattern, ...]:
 
     Raises InvalidJobError naming the bad field and its position (counted from 1).
     """
+    check_length(text)
     source = text
     stripped = text.strip()
     if stripped.startswith("@"):

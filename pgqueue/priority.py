@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Final
 
+from ._show import show
 from .errors import InvalidJobError
 
 __all__ = ["PRIORITY_NAMES", "to_priority"]
@@ -32,12 +33,14 @@ def to_priority(value: Any) -> int:
         except KeyError:
             names = ", ".join(PRIORITY_NAMES)
             raise InvalidJobError(
-                f"unknown priority name {value!r}; use an integer or one of {names}"
+                f"unknown priority name {show(value)}; use an integer or one of {names}"
             ) from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidJobError(
-            f"priority must be an integer or a priority name, got {type(value).__name__} {value!r}"
+            f"priority must be an integer or a priority name, got {type(value).__name__} {show(value)}"
         )
     if not -(2**31) <= value <= 2**31 - 1:
-        raise InvalidJobError(f"priority must be between {-(2**31)} and {2**31 - 1}, got {value}")
+        raise InvalidJobError(
+            f"priority must be between {-(2**31)} and {2**31 - 1}, got {show(value)}"
+        )
     return value

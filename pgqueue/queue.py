@@ -52,6 +52,7 @@ def add_job_to_queue(
     max_attempts: int | None = None,
     retry: Mapping[str, Any] | None = None,
     schedule: str | None = None,
+    timeout: float | timedelta | None = None,
 ) -> int:
     """Insert one job and return its id.
 
@@ -64,7 +65,10 @@ def add_job_to_queue(
     immediate job of the highest default priority. ``schedule`` (a cron or
     text schedule) makes it a repeating job: it first runs at the next
     occurrence (unless ``scheduled_at`` says otherwise), and each time it
-    finishes a copy is enqueued at the following one.
+    finishes a copy is enqueued at the following one. ``timeout`` (seconds, or
+    a timedelta; default None: the worker's ``timeout``) bounds each attempt:
+    when it is up the worker ends the job's transaction and counts a failed
+    attempt (see "Jobs that break their workers" in the README).
 
     On a Connection the insert joins the caller's open transaction: if the
     caller rolls back, the job never existed. On a pool it commits at once.
@@ -81,6 +85,7 @@ def add_job_to_queue(
             "max_attempts": max_attempts,
             "retry": retry,
             "schedule": schedule,
+            "timeout": timeout,
         }.items()
         if value is not None
     }
@@ -126,6 +131,7 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
                         DEFAULT_MAX_ATTEMPTS if p.max_attempts is None else p.max_attempts,
                         p.retry,
                         p.schedule,
+                        p.timeout,
                     )
                 )
     return [int(job_id) for job_id in ids]

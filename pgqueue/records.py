@@ -15,9 +15,9 @@ class JobStatus(enum.StrEnum):
     """Where a job stands.
 
     ``pending`` jobs wait for their ``scheduled_at``; ``running`` is reported
-    (by get_job) while a worker's transaction holds the job; ``completed``,
-    ``failed`` (attempts used up) and ``cancelled`` are final and kept for
-    inspection.
+    (by get_job) while a worker's transaction holds the job, and stored for a
+    job run in lease mode; ``completed``, ``failed`` (attempts used up) and
+    ``cancelled`` are final and kept for inspection.
     """
 
     PENDING = "pending"
@@ -53,6 +53,13 @@ class JobRecord:
     completed_at: datetime | None
     #: ``{"kind": "cron" | "text", "text": ...}`` for a job that repeats on a schedule.
     schedule: dict[str, Any] | None = None
+    #: Seconds an attempt may run before its worker gives up on it; None: the worker's own.
+    timeout: float | None = None
+    #: Attempts whose worker died (or lost its connection) before recording them. Such a job
+    #: runs alone in its worker from then on.
+    crashes: int = 0
+    #: Lease mode: while ``status`` is running, the worker must extend this or lose the job.
+    lease_until: datetime | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:

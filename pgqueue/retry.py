@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from ._show import show
 from .errors import InvalidJobError
 
 __all__ = [
@@ -60,23 +60,24 @@ def normalize_retry(policy: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if key == "backoff":
             if value not in BACKOFF_KINDS:
                 raise InvalidJobError(
-                    f"retry backoff must be one of {', '.join(BACKOFF_KINDS)}; got {value!r}"
+                    f"retry backoff must be one of {', '.join(BACKOFF_KINDS)}; got {show(value)}"
                 )
             out[key] = value
         elif key in _NUMBER_KEYS:
             low, high = _NUMBER_KEYS[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidJobError(f"retry {key} must be a number, got {value!r}")
-            if not math.isfinite(value) or not low <= value <= high:
+                raise InvalidJobError(f"retry {key} must be a number, got {show(value)}")
+            # A plain comparison: also false for NaN, and math.isfinite() overflows on a huge int.
+            if not low <= value <= high:
                 raise InvalidJobError(
-                    f"retry {key} must be between {low:g} and {high:g}, got {value!r}"
+                    f"retry {key} must be between {low:g} and {high:g}, got {show(value)}"
                 )
             out[key] = value
         elif key == "until":
             out[key] = _until(value).isoformat()
         else:
             raise InvalidJobError(
-                f"unknown retry key {key!r}; expected backoff, delay, factor, max_delay, jitter,"
+                f"unknown retry key {show(key)}; expected backoff, delay, factor, max_delay, jitter,"
                 " max_duration, until"
             )
     return out or None
@@ -87,10 +88,18 @@ def _until(value: Any) -> datetime:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise InvalidJobError(f"retry until is not an ISO-8601 time: {value!r}") from None
+            raise InvalidJobError(f"retry until is not an ISO-8601 time: {show(value)}") from None
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidJobError("retry until must be a timezone-aware datetime")
     return value
+
+
+def _seconds(what: str, milliseconds: float) -> float:
+    """Milliseconds as seconds; InvalidJobError for an int too large for a float."""
+    try:
+        return milliseconds / 1000
+    except OverflowError:
+        raise InvalidJobError(f"{what} is too large: {show(milliseconds)} ms") from None
 
 
 #: Redwood's defaults: 24 attempts, ``1000 ms * attempts^4`` between them.
@@ -126,20 +135,22 @@ def reaction_retry(spec: int | Mapping[str, Any] | None) -> tuple[int, dict[str,
     unknown = set(spec) - {"retries", "wait", "backoff", "until"}
     if unknown:
         raise InvalidJobError(
-            f"unknown retry key {sorted(unknown)[0]!r}; Reaction's are retries, wait, backoff, until"
+            f"unknown retry key {sorted(map(show, unknown))[0]}; Reaction's are retries, wait, backoff, until"
         )
     retries = spec.get("retries", _INT4_MAX - 1)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InvalidJobError(f"retry retries must be a whole number >= 0, got {retries!r}")
+        raise InvalidJobError(f"retry retries must be a whole number >= 0, got {show(retries)}")
     backoff = spec.get("backoff", "constant")
     if backoff not in ("constant", "exponential"):
-        raise InvalidJobError(f"retry backoff must be 'constant' or 'exponential', got {backoff!r}")
+        raise InvalidJobError(
+            f"retry backoff must be 'constant' or 'exponential', got {show(backoff)}"
+        )
     wait = spec.get("wait", 300_000)
     if isinstance(wait, bool) or not isinstance(wait, (int, float)):
-        raise InvalidJobError(f"retry wait must be milliseconds, got {wait!r}")
+        raise InvalidJobError(f"retry wait must be milliseconds, got {show(wait)}")
     policy: dict[str, Any] = {
         "backoff": "fixed" if backoff == "constant" else "exponential",
-        "delay": wait / 1000,
+        "delay": _seconds("retry wait", wait),
         "factor": 2,
         "max_delay": FOREVER_SECONDS,
         "jitter": 0,
@@ -183,29 +194,32 @@ def gadget_retry(spec: int | Mapping[str, Any] | None) -> tuple[int, dict[str, A
     for key, value in spec.items():
         if key not in _GADGET_KEYS:
             raise InvalidJobError(
-                f"unknown retries key {key!r}; Gadget's are retry_count, initial_interval,"
+                f"unknown retries key {show(key)}; Gadget's are retry_count, initial_interval,"
                 " backoff_factor, max_interval, randomize_interval"
             )
         options[_GADGET_KEYS[key]] = value
     count = options.get("retry_count", GADGET_DEFAULT_RETRIES)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise InvalidJobError(f"retries retry_count must be a whole number >= 0, got {count!r}")
+        raise InvalidJobError(f"retries retry_count must be a whole number >= 0, got {show(count)}")
     randomize = options.get("randomize_interval", False)
     if not isinstance(randomize, bool):
         raise InvalidJobError(
-            f"retries randomize_interval must be true or false, got {randomize!r}"
+            f"retries randomize_interval must be true or false, got {show(randomize)}"
         )
     milliseconds = {}
     for key, default in (("initial_interval", 1000), ("max_interval", FOREVER_SECONDS * 1000)):
         value = options.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidJobError(f"retries {key} must be milliseconds, got {value!r}")
+            raise InvalidJobError(f"retries {key} must be milliseconds, got {show(value)}")
         milliseconds[key] = value
     policy = {
         "backoff": "exponential",
-        "delay": milliseconds["initial_interval"] / 1000,
+        "delay": _seconds("retries initial_interval", milliseconds["initial_interval"]),
         "factor": options.get("backoff_factor", 2),
-        "max_delay": min(milliseconds["max_interval"] / 1000, FOREVER_SECONDS),
+        # Unbounded is allowed: clamped before dividing (a huge int overflows a float).
+        "max_delay": _seconds(
+            "retries max_interval", min(milliseconds["max_interval"], FOREVER_SECONDS * 1000)
+        ),
         "jitter": 1 if randomize else 0,
         "max_duration": _GADGET_MAX_DURATION,
     }

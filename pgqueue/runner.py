@@ -118,6 +118,9 @@ def _work(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             parallel_count=args.concurrency,
             queues=queues,
+            listen=not args.no_listen,
+            listen_dsn=args.listen_dsn,
+            prepare=not args.no_prepare,
         )
         names = [args.name] if args.name else (sorted(app) if isinstance(app, Mapping) else None)
         logger.info(
@@ -155,6 +158,7 @@ def cmd_workoff(args: argparse.Namespace) -> int:
             handler=timed_handlers(app),
             parallel_count=args.concurrency,
             queues=split_queues(args.queue),
+            prepare=not args.no_prepare,
         )
         started = time.monotonic()
         with _stop_on_signals(threading.Event(), then=worker.stop):
@@ -210,6 +214,10 @@ def _child_command(args: argparse.Namespace, slot: WorkerSlot, pid_file: Path) -
     command = [sys.executable, "-m", "pgqueue", "work", "--app", args.app]
     command += ["--concurrency", str(args.concurrency), "--poll-interval", str(args.poll_interval)]
     command += ["--pid-file", str(pid_file)]
+    if args.no_listen:
+        command.append("--no-listen")
+    if args.no_prepare:
+        command.append("--no-prepare")
     if slot.queue is not None:
         command += ["--queue", slot.queue]
     if given_dsn(args) is None:
@@ -225,6 +233,8 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
     dsn = given_dsn(args)
     if dsn is not None:
         env["PGQUEUE_DSN"] = dsn
+    if args.listen_dsn:
+        env["PGQUEUE_LISTEN_DSN"] = args.listen_dsn
     return env
 
 

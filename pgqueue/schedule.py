@@ -12,10 +12,11 @@ runs at minutes 0, 5, ..., 55 of each hour, whenever it was created; it is not a
 counted from now. `next_after(moment)` returns the first occurrence strictly after `moment`.
 A schedule that starts with `@`, or whose first word starts with a digit or `*` and holds only
 digits and `*,-/`, is a cron expression; anything else is a text schedule. Error messages name
-the offending word or field and its position, counting characters from 1. A schedule that
-never occurs (`0 0 30 feb *`, `on the 31st day of february`) is rejected; this is checked
-against a whole 28-year cycle of weekdays and leap years, so rare ones such as `0 0 29 2 *` and
-`on the 29th of february on monday` (about every 28 years) are accepted.
+the offending word or field and its position, counting characters from 1. Schedule text is at
+most 1000 characters (`MAX_SCHEDULE_LENGTH`). A schedule that never occurs (`0 0 30 feb *`,
+`on the 31st day of february`) is rejected; this is checked against a whole 28-year cycle of
+weekdays and leap years, so rare ones such as `0 0 29 2 *` and `on the 29th of february on
+monday` (about every 28 years) are accepted.
 
 ### Cron expressions
 
@@ -148,6 +149,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
+from ._show import show
 from .cron import FieldPattern, compile_patterns, looks_like_cron, next_instant, parse_cron
 from .errors import InvalidJobError
 from .textschedule import parse_text
@@ -279,7 +281,7 @@ class Schedule:
         elif self.kind == "text":
             patterns = compile_patterns(parse_text(self.text))
         else:
-            raise InvalidJobError(f"schedule kind must be 'cron' or 'text', got {self.kind!r}")
+            raise InvalidJobError(f"schedule kind must be 'cron' or 'text', got {show(self.kind)}")
         if not patterns:
             raise InvalidJobError(
                 f"schedule {self.text!r} never occurs: no date and time matches all its fields"
@@ -307,11 +309,11 @@ class Schedule:
     def from_json(cls, data: Mapping[str, Any]) -> Schedule:
         """Rebuild a schedule from the output of :meth:`to_json`, parsing its text again."""
         if not isinstance(data, Mapping):
-            raise InvalidJobError(f"a stored schedule must be a mapping, got {data!r}")
+            raise InvalidJobError(f"a stored schedule must be a mapping, got {show(data)}")
         text, kind = data.get("text"), data.get("kind")
         if not isinstance(text, str) or kind not in ("cron", "text"):
             raise InvalidJobError(
-                f"a stored schedule needs a text and a kind 'cron' or 'text', got {dict(data)!r}"
+                f"a stored schedule needs a text and a kind 'cron' or 'text', got {show(dict(data))}"
             )
         return cls(text, kind)
 
@@ -332,16 +334,20 @@ def parse_schedule(text: str) -> Schedule:
 def normalize_interval(interval: Mapping[str, Any] | timedelta) -> dict[str, int | float]:
     """Check an interval and return it as stored.
 
-    A mapping of :data:`INTERVAL_KEYS` to non-negative whole numbers
+    A mapping of :data:`INTERVAL_KEYS` to non-negative whole numbers of at most 1,000,000
     (``seconds`` may be fractional), at least one of them positive; or a
-    positive ``timedelta``. Months and years are calendar months and years:
-    31 January + 1 month is the end of February. Raises InvalidJobError that
+    positive ``timedelta``. The whole interval must be at least one microsecond (Postgres's
+    resolution: less would repeat the job without pause) and at most 1000 years (so the next
+    run stays a date Postgres and Python can hold). Months and years are calendar months and
+    years: 31 January + 1 month is the end of February. Raises InvalidJobError that
     names the bad key.
     """
     if isinstance(interval, timedelta):
         if interval <= timedelta(0):
             raise InvalidJobError(f"interval must be positive, got {interval}")
-        return {"days": interval.days, "seconds": interval.seconds + interval.microseconds / 1e6}
+        spec = {"days": interval.days, "seconds": interval.seconds + interval.microseconds / 1e6}
+        _check_interval_length(spec)
+        return spec
     if not isinstance(interval, Mapping):
         raise InvalidJobError(
             f"interval must be a mapping like {{'hours': 1}} or a timedelta, got {type(interval).__name__}"
@@ -351,19 +357,48 @@ def normalize_interval(interval: Mapping[str, Any] | timedelta) -> dict[str, int
         value = given
         if key not in INTERVAL_KEYS:
             raise InvalidJobError(
-                f"unknown interval key {key!r}; expected some of {', '.join(INTERVAL_KEYS)}"
+                f"unknown interval key {show(key)}; expected some of {', '.join(INTERVAL_KEYS)}"
             )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidJobError(f"interval {key} must be a number, got {value!r}")
+            raise InvalidJobError(f"interval {key} must be a number, got {show(value)}")
         if isinstance(value, float) and key != "seconds":
             if not value.is_integer():
-                raise InvalidJobError(f"interval {key} must be a whole number, got {value!r}")
+                raise InvalidJobError(f"interval {key} must be a whole number, got {show(value)}")
             value = int(value)
-        if not math.isfinite(value) or value < 0:
-            raise InvalidJobError(f"interval {key} must not be negative, got {value!r}")
+        # math.isfinite() only for floats: it overflows on a huge int.
+        if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
+            raise InvalidJobError(f"interval {key} must not be negative, got {show(value)}")
         if value > _MAX_UNIT:
-            raise InvalidJobError(f"interval {key} must be at most {_MAX_UNIT}, got {value!r}")
+            raise InvalidJobError(f"interval {key} must be at most {_MAX_UNIT}, got {show(value)}")
         out[key] = value
     if not any(out.values()):
         raise InvalidJobError("interval must have at least one positive key, e.g. {'hours': 1}")
+    _check_interval_length(out)
     return out
+
+
+# Seconds per unit, rounded up (a year of 366 days, a month of 31), for the length bounds.
+_UNIT_SECONDS: Final = {
+    "years": 366 * 86400,
+    "months": 31 * 86400,
+    "weeks": 7 * 86400,
+    "days": 86400,
+    "hours": 3600,
+    "minutes": 60,
+    "seconds": 1,
+}
+_MAX_INTERVAL_SECONDS: Final = 1000 * 366 * 86400
+
+
+def _check_interval_length(interval: Mapping[str, int | float]) -> None:
+    """At least one microsecond, at most 1000 years (bounds of every unit already checked)."""
+    seconds = sum(_UNIT_SECONDS[key] * value for key, value in interval.items())
+    if seconds < 1e-6:
+        raise InvalidJobError(
+            f"interval must be at least one microsecond, got {show(dict(interval))}"
+        )
+    if seconds > _MAX_INTERVAL_SECONDS:
+        raise InvalidJobError(
+            f"interval must be at most 1000 years (so the next run is a date Postgres and Python"
+            f" can hold), got {show(dict(interval))}"
+        )

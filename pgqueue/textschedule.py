@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
-from .cron import LAST_DAY, FieldPattern
+from .cron import LAST_DAY, FieldPattern, check_length
 from .errors import InvalidJobError
 
 __all__ = ["DAY_NAMES", "MONTH_SPELLINGS", "UNITS", "Unit", "parse_text"]
@@ -515,4 +515,5 @@ def parse_text(text: str) -> list[FieldPattern]:
 
     Raises InvalidJobError naming the bad word and its position (counted from 1).
     """
+    check_length(text)
     return _Parser(text).parse()

@@ -14,19 +14,27 @@ Each slot (thread) owns one connection and runs, per job:
 A worker that dies mid-job loses nothing: Postgres rolls the transaction back
 and the job is due again. Idle slots sleep until a NOTIFY (one listener
 connection per worker) or ``poll_interval`` seconds.
+
+Jobs that break their workers (pgqueue.supervisor): before the handlers of a
+claim run, their starts are recorded on a side connection, committed, so that
+a handler that kills its process is counted as a crashed attempt by the next
+dequeue. A job with a timeout is watched: when its time is up its transaction
+is ended and the attempt fails. With ``lease`` a job runs outside any
+transaction instead (pgqueue.lease).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
-import traceback
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Final, TypeAlias
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 import psycopg
-from psycopg import Transaction
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -35,24 +43,25 @@ from . import queue as _queue
 from ._db import connect
 from ._input import check_text
 from ._waker import Waker
-from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME, next_run, run_builtin
-from .errors import ConfigurationError, JobFailed
+from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME
+from .claim import ClaimRunner, Handler, _Abandoned, _extra, _Slot
+from .errors import ConfigurationError, ConnectError
 from .migrate import check_schema
-from .records import JobRecord, WorkerStats
+from .records import WorkerStats
+from .supervisor import Supervisor, Watch
+from .timeouts import check_timeout
 
 __all__ = ["Handler", "JobQueueWorker", "RECURRING_JOB_NAME", "WorkerStats"]
 
 logger = logging.getLogger(__name__)
 
-#: A handler: called with the connection (inside the job's transaction) and the job.
-Handler: TypeAlias = Callable[[psycopg.Connection[Any], JobRecord], object]
-
-_MAX_ERROR_LENGTH: Final = 16_000
 _RECONNECT_MAX_DELAY: Final = 5.0
 _LISTEN_TICK: Final = 0.25
+#: How often stop() and work_off() look again for slots that were replaced (seconds).
+_JOIN_TICK: Final = 0.2
 
 
-class JobQueueWorker:
+class JobQueueWorker(ClaimRunner):
     """Runs jobs from the queue in background threads.
 
     ``sql`` is a DSN string (the worker then keeps its own pool of
@@ -81,6 +90,36 @@ class JobQueueWorker:
     once. Much faster for short jobs, at a price: the batch's jobs finish
     (commit) together, a crash retries the whole batch, and a job's locks
     and the transaction last as long as the whole batch.
+
+    ``timeout`` (seconds or a timedelta, default None: no limit) bounds each
+    handler call; a job's own ``timeout`` wins over it. When it is up, the
+    worker ends the job's transaction (it terminates the slot's backend),
+    the attempt fails with a "timed out after N s" error and the slot goes
+    on with a new connection. Python cannot stop a thread: a handler stuck in
+    Python code runs on until it returns (its statements fail, its
+    connection is gone), and after a second its slot is replaced by a new
+    one. A handler that kills its process does not loop forever either: each
+    start is recorded outside the job's transaction, and an attempt that
+    never finished counts (see "Jobs that break their workers" in the README).
+
+    ``lease`` (seconds, default None: off) turns on lease mode for long jobs:
+    each slot claims one job, marks it ``running`` with a lease and commits;
+    the handler runs outside any transaction on an autocommit connection
+    (its writes commit as they go, not together with the completion: at
+    least once, not exactly once); the lease is extended every third of it;
+    a job whose lease expires is retried. Needs ``batch_size=1``. Built-in
+    jobs still run in their transaction.
+
+    Behind pgbouncer in transaction-pooling mode (see "Deployment: pgbouncer"
+    in the README): ``listen`` (default True) keeps one connection that
+    LISTENs for new-job notifications, which transaction pooling cannot
+    deliver; give ``listen_dsn`` (default None: the ``sql`` DSN), a direct
+    DSN for that one connection, or ``listen=False`` to only poll every
+    ``poll_interval`` (logged once at start). ``prepare=False`` (default
+    True) turns psycopg's automatic server-side prepared statements off on
+    the worker's connections (``prepare_threshold=None``), which pgbouncer
+    1.18 cannot keep; with a ConnectionPool, create it with
+    ``kwargs={"prepare_threshold": None}``.
     """
 
     def __init__(
@@ -93,6 +132,11 @@ class JobQueueWorker:
         parallel_count: int = 1,
         queues: Sequence[str] | None = None,
         batch_size: int = 1,
+        timeout: float | timedelta | None = None,
+        lease: float | timedelta | None = None,
+        listen: bool = True,
+        listen_dsn: str | None = None,
+        prepare: bool = True,
     ) -> None:
         if isinstance(sql, str):
             self._conninfo = sql
@@ -135,6 +179,27 @@ class JobQueueWorker:
             # writing handlers uses one each, and overflowing the cache slows
             # every other session down.
             raise ConfigurationError("batch_size must be between 1 and 50")
+        self.timeout = check_timeout(timeout, error=ConfigurationError)
+        self.lease = check_timeout(lease, what="lease", error=ConfigurationError)
+        if self.lease is not None and batch_size != 1:
+            raise ConfigurationError("lease mode runs one job per slot at a time: use batch_size=1")
+        if not isinstance(listen, bool) or not isinstance(prepare, bool):
+            raise ConfigurationError("listen and prepare must be True or False")
+        if listen_dsn is not None and (not isinstance(listen_dsn, str) or not listen_dsn.strip()):
+            raise ConfigurationError("listen_dsn must be a DSN string")
+        if listen_dsn is not None and not listen:
+            raise ConfigurationError("listen_dsn is for LISTEN, which listen=False turns off")
+        if not prepare:
+            # pgbouncer's transaction pooling cannot keep server-side prepared statements.
+            if not self._owns_pool and self._conn_kwargs.get("prepare_threshold", 5) is not None:
+                raise ConfigurationError(
+                    "prepare=False with a ConnectionPool: create the pool with "
+                    "kwargs={'prepare_threshold': None} (the worker does not change its connections)"
+                )
+            self._conn_kwargs["prepare_threshold"] = None
+        self.listen = listen
+        self.prepare = prepare
+        self._listen_dsn = listen_dsn
         if name is not None:
             check_text("name", name)
             if isinstance(handler, Mapping) and name not in handler:
@@ -156,6 +221,15 @@ class JobQueueWorker:
         self._stopping = threading.Event()
         self._draining = False
         self._threads: list[threading.Thread] = []
+        self._slots: list[_Slot] = []
+        self._slots_lock = threading.Lock()
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._supervisor = Supervisor(
+            self._connection,
+            worker_id=self._worker_id,
+            on_orphan=self._on_orphan,
+            lease=self.lease,
+        )
         self.stats = WorkerStats()
 
     @staticmethod
@@ -188,13 +262,10 @@ class JobQueueWorker:
             check_schema(conn)
         self._open_pool()
         self._stopping.clear()
+        self._start_supervisor()
         listener = threading.Thread(target=self._listen, name="pgqueue-listener", daemon=True)
-        self._threads = [listener] + [
-            threading.Thread(target=self._run_slot, name=f"pgqueue-slot-{i}", daemon=True)
-            for i in range(self.parallel_count)
-        ]
-        for thread in self._threads:
-            thread.start()
+        listener.start()
+        self._threads = [listener] + [self._spawn_slot(i) for i in range(self.parallel_count)]
         logger.info(
             "worker started: %d slot(s), queues=%s, names=%s",
             self.parallel_count,
@@ -218,26 +289,26 @@ class JobQueueWorker:
         self._draining = True
         self._stopping.clear()
         try:
-            threads = [
-                threading.Thread(target=self._run_slot, name=f"pgqueue-slot-{i}", daemon=True)
-                for i in range(self.parallel_count)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            self._start_supervisor()
+            for i in range(self.parallel_count):
+                self._spawn_slot(i)
+            self._join_slots()
         finally:
             self._draining = False
+            self._supervisor.stop()
             self._close_pool()
         return self.stats
 
     def _open_pool(self) -> None:
         if self._owns_pool:
+            kwargs: dict[str, Any] = {"autocommit": True}
+            if not self.prepare:
+                kwargs["prepare_threshold"] = None
             self._pool = ConnectionPool(
                 self._conninfo,
                 min_size=self.parallel_count,
                 max_size=self.parallel_count,
-                kwargs={"autocommit": True},
+                kwargs=kwargs,
                 name="pgqueue-worker",
                 open=False,
             )
@@ -262,11 +333,59 @@ class JobQueueWorker:
             return
         self._stopping.set()
         self._waker.wake_all()
-        for thread in self._threads:
-            thread.join()
+        self._threads[0].join()  # the listener
+        self._join_slots()
         self._threads = []
+        self._supervisor.stop()
         self._close_pool()
         logger.info("worker stopped")
+
+    def _start_supervisor(self) -> None:
+        with self._slots_lock:
+            self._slots = []
+        self._supervisor.start()
+
+    def _spawn_slot(self, index: int, *, dedicated: bool = False) -> threading.Thread:
+        slot = _Slot(index, dedicated=dedicated)
+        slot.thread = threading.Thread(
+            target=self._run_slot, args=(slot,), name=f"pgqueue-slot-{index}", daemon=True
+        )
+        with self._slots_lock:
+            self._slots.append(slot)
+        slot.thread.start()
+        return slot.thread
+
+    def _join_slots(self) -> None:
+        """Wait for every slot that is not orphaned (slots replaced meanwhile included)."""
+        while True:
+            with self._slots_lock:
+                live = [s for s in self._slots if not s.orphaned and s.thread.is_alive()]
+            if not live:
+                return
+            live[0].thread.join(_JOIN_TICK)
+
+    def _on_orphan(self, owner: object, watch: Watch) -> None:
+        """A timed-out handler has not returned: let its slot go and start another in its place."""
+        assert isinstance(owner, _Slot)
+        with self._slots_lock:
+            if owner.orphaned:
+                return
+            owner.orphaned = True
+            orphans = sum(s.orphaned and s.thread.is_alive() for s in self._slots)
+        logger.warning(
+            "job %d (%s): its handler still runs after its %g s timeout; Python cannot stop it,"
+            " so its thread is left to finish on its own (%d such thread(s) now) and a new slot"
+            " takes its place",
+            watch.job.id,
+            watch.job.name,
+            watch.timeout,
+            orphans,
+            extra=_extra(watch.job, "orphan"),
+        )
+        if not self._stopping.is_set():
+            thread = self._spawn_slot(owner.index, dedicated=True)
+            if self._threads:
+                self._threads.append(thread)
 
     def __enter__(self) -> JobQueueWorker:
         self.start()
@@ -299,17 +418,26 @@ class JobQueueWorker:
 
     # -- the slots --------------------------------------------------------
 
-    def _run_slot(self) -> None:
-        assert self._pool is not None
+    @contextlib.contextmanager
+    def _slot_connection(self, slot: _Slot) -> Iterator[psycopg.Connection[Any]]:
+        if slot.dedicated:
+            with self._connection() as conn:
+                yield conn
+        else:
+            assert self._pool is not None
+            with self._pool.connection() as conn:
+                yield conn
+
+    def _run_slot(self, slot: _Slot) -> None:
         delay = 0.1
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not slot.orphaned:
             try:
-                with self._pool.connection() as conn:
+                with self._slot_connection(slot) as conn:
                     autocommit = conn.autocommit
                     conn.autocommit = True
                     try:
                         delay = 0.1
-                        self._work(conn)
+                        self._work(conn, slot)
                         if self._draining:
                             return
                     finally:
@@ -318,7 +446,9 @@ class JobQueueWorker:
                             if conn.info.transaction_status != TransactionStatus.IDLE:
                                 conn.execute(q.ROLLBACK)
                             conn.autocommit = autocommit
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+            except _Abandoned:
+                continue  # the watchdog ended the claim and its connection: take another
+            except (psycopg.OperationalError, PoolTimeout, ConnectError) as exc:
                 if self._stopping.is_set():
                     break
                 logger.warning(
@@ -334,210 +464,34 @@ class JobQueueWorker:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
 
-    def _work(self, conn: psycopg.Connection[Any]) -> None:
+    def _work(self, conn: psycopg.Connection[Any], slot: _Slot) -> None:
         while not self._stopping.is_set():
-            if self._process_batch(conn):
+            if self._process_batch(conn, slot):
                 self._waker.nudge()
             elif self._draining:
                 return
             else:
                 self._waker.wait(self.poll_interval)
 
-    def _process_batch(self, conn: psycopg.Connection[Any]) -> bool:
-        """Claim up to ``batch_size`` jobs in one transaction and run them; False when none was due.
-
-        The transaction is a psycopg transaction block, so a handler's
-        ``conn.commit()`` / ``conn.rollback()`` raises instead of ending it
-        (which would commit half a job and free its lock while it runs).
-        Round trips: BEGIN, dequeue and the first SAVEPOINT in one; one more
-        (RELEASE + SAVEPOINT) before each further job of a batch; then the
-        completions, the failures and COMMIT in one.
-        """
-        tx = psycopg.Transaction(conn)
-        jobs: list[JobRecord] = []
-        done: list[tuple[JobRecord, str | None]] = []
-        failed: list[tuple[JobRecord, str]] = []
-        xid_cur = None
-        try:
-            with conn.pipeline():
-                tx.__enter__()
-                cur = conn.execute(q.DEQUEUE, (self.batch_size, self.queues, self._names))
-                if self.batch_size > 1:
-                    # Claiming a job assigned the xid (row locks); none claimed: NULL.
-                    xid_cur = conn.execute(q.CURRENT_XACT_ID)
-                conn.execute(q.SAVEPOINT)
-            jobs = [JobRecord.from_row(row) for row in cur.fetchall()]
-            if not jobs:
-                tx.__exit__(None, None, None)
-                return False
-            for index, job in enumerate(jobs):
-                if index:
-                    conn.execute(q.RELEASE_AND_SAVEPOINT)
-                error, result = self._run_handler(conn, job)
-                if error is None:
-                    done.append((job, result))
-                elif conn.info.transaction_status == TransactionStatus.IDLE:
-                    # The handler ended the transaction itself with raw SQL. A
-                    # COMMIT committed the jobs before it: complete them apart.
-                    # A ROLLBACK undid their writes: leave them to run again.
-                    # Failures are recorded either way; the rest of the batch
-                    # is free again.
-                    tx.__exit__(None, None, None)
-                    if done and not self._committed(conn, xid_cur):
-                        done = []
-                    self._finish_apart(conn, done, [*failed, (job, error)])
-                    return True
-                else:
-                    conn.execute(q.ROLLBACK_TO_SAVEPOINT)
-                    failed.append((job, error))
-            now = datetime.now(UTC)
-            with conn.pipeline():
-                if done:
-                    conn.execute(
-                        q.COMPLETE_MANY,
-                        (
-                            [job.id for job, _ in done],
-                            [result for _, result in done],
-                            [next_run(job, now) for job, _ in done],
-                        ),
-                    )
-                fails = [
-                    conn.execute(q.FAIL, (job.id, error, next_run(job, now)))
-                    for job, error in failed
-                ]
-                tx.__exit__(None, None, None)
-        except BaseException as exc:
-            if tx.status == Transaction.Status.ACTIVE:
-                tx.__exit__(type(exc), exc, exc.__traceback__)
-            elif (
-                jobs
-                and isinstance(exc, psycopg.Error)
-                and not isinstance(exc, psycopg.OperationalError)
-            ):
-                # The commit itself failed (a deferred constraint, say): the
-                # server rolled everything back. Count every attempt on its own.
-                self._rollback_if_open(conn)
-                self._finish_apart(conn, [], [(job, _describe(exc)) for job in jobs])
-                return True
-            raise
-        for job, _ in done:
-            self._log_done(job)
-        for (job, error), fail in zip(failed, fails, strict=True):
-            self._log_failure(job, error, fail.fetchone())
-        return True
-
-    def _finish_apart(
-        self,
-        conn: psycopg.Connection[Any],
-        done: list[tuple[JobRecord, str | None]],
-        failed: list[tuple[JobRecord, str]],
-    ) -> None:
-        """Record completions and failed attempts in a transaction of their own."""
-        now = datetime.now(UTC)
-        with conn.transaction():
-            for job, result in done:
-                conn.execute(q.COMPLETE, (job.id, result, next_run(job, now)))
-            rows = [
-                conn.execute(q.FAIL, (job.id, error, next_run(job, now))).fetchone()
-                for job, error in failed
-            ]
-        for job, _ in done:
-            self._log_done(job)
-        for (job, error), row in zip(failed, rows, strict=True):
-            self._log_failure(job, error, row)
-
-    def _log_done(self, job: JobRecord) -> None:
-        if job.name not in BUILTIN_NAMES:  # pgqueue's own jobs are not counted
-            self.stats.add("completed")
-        logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
-
-    def _run_handler(
-        self, conn: psycopg.Connection[Any], job: JobRecord
-    ) -> tuple[str | None, str | None]:
-        """Run the job's handler: (None, result) on success, (error text, None) on failure."""
-        handler: Handler
-        if job.name in BUILTIN_NAMES:
-            handler = run_builtin
-        elif isinstance(self._handler, Mapping):
-            handler = self._handler[job.name]
-        else:
-            handler = self._handler
-        try:
-            value = handler(conn, job)
-        except JobFailed as exc:
-            return _storable(str(exc)) or "job failed", None
-        except psycopg.ProgrammingError as exc:
-            if "forbidden within a Transaction" not in str(exc):
-                return _describe(exc), None
-            return (
-                "RuntimeError: the handler tried to end the job's transaction (conn.commit() or "
-                "conn.rollback()); the worker commits it when the handler returns "
-                "and rolls it back when the handler raises\n\n" + _describe(exc),
-                None,
-            )
-        except Exception as exc:
-            return _describe(exc), None
-        status = conn.info.transaction_status
-        if status == TransactionStatus.IDLE:
-            return (
-                "RuntimeError: the handler committed or rolled back the job's transaction; "
-                "handlers must leave it open (use conn.transaction() for savepoints)",
-                None,
-            )
-        if status == TransactionStatus.INERROR:
-            return (
-                "RuntimeError: a statement in the handler failed and the error was caught, "
-                "leaving the job's transaction aborted",
-                None,
-            )
-        return None, value if isinstance(value, str) else None
-
-    @staticmethod
-    def _committed(conn: psycopg.Connection[Any], xid_cur: psycopg.Cursor[Any] | None) -> bool:
-        """Whether the batch's transaction (already ended) committed."""
-        row = xid_cur.fetchone() if xid_cur is not None else None
-        if row is None or row[0] is None:
-            return False
-        state = conn.execute(q.XACT_STATUS, (row[0],)).fetchone()
-        return state is not None and state[0] == "committed"
-
-    @staticmethod
-    def _rollback_if_open(conn: psycopg.Connection[Any]) -> None:
-        if conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.execute(q.ROLLBACK)
-
-    def _log_failure(self, job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
-        if job.name not in BUILTIN_NAMES:
-            self.stats.add("failed" if row is not None and row[0] == "failed" else "retried")
-        if row is None:
-            logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
-        elif row[0] == "failed":
-            logger.error(
-                "job %d (%s) failed for good after %d attempt(s): %s",
-                job.id,
-                job.name,
-                row[2],
-                error.splitlines()[0],
-                extra=_extra(job, "fail"),
-            )
-        else:
-            logger.warning(
-                "job %d (%s) failed (attempt %d), retrying at %s: %s",
-                job.id,
-                job.name,
-                row[2],
-                row[1].isoformat(),
-                error.splitlines()[0],
-                extra=_extra(job, "retry"),
-            )
-
     # -- wake-ups ---------------------------------------------------------
 
     def _listen(self) -> None:
+        if not self.listen:
+            logger.info(
+                "LISTEN is off (listen=False): polling for due jobs every %.1f s",
+                self.poll_interval,
+            )
+            return
+        # A listen_dsn is a complete DSN of its own: the pool's kwargs are not for it.
+        conninfo, kwargs = (
+            (self._conninfo, self._conn_kwargs)
+            if self._listen_dsn is None
+            else (self._listen_dsn, {"prepare_threshold": None})
+        )
         delay = 0.1
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, **self._conn_kwargs) as conn:
+                with psycopg.connect(conninfo, **{**kwargs, "autocommit": True}) as conn:
                     conn.execute(q.LISTEN)
                     delay = 0.1
                     # Notifications sent while we were not listening are lost: look now.
@@ -557,27 +511,6 @@ class JobQueueWorker:
                 )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
-
-
-def _describe(exc: BaseException) -> str:
-    """The error text kept on the job: 'Type: message', then the traceback."""
-    try:
-        head = f"{type(exc).__qualname__}: {exc}"
-    except Exception:
-        head = f"{type(exc).__qualname__}: <str() failed>"
-    trace = "".join(traceback.format_exception(exc))
-    return _storable(f"{head}\n\n{trace}")
-
-
-def _storable(text: str) -> str:
-    """Error text Postgres can store: at most 16,000 characters, NUL and lone surrogates
-    escaped (or the failure could not be recorded and the job would be retried at once, forever)."""
-    text = text[:_MAX_ERROR_LENGTH]
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _extra(job: JobRecord, action: str) -> dict[str, Any]:
-    return {"job_id": job.id, "queue": job.queue, "job_name": job.name, "action": action}
 
 
 JobQueueWorker.__module__ = "pgqueue"

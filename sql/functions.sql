@@ -2,18 +2,38 @@
 -- migrate, so this file always describes the functions of the current code.
 --
 -- Conventions: parameters p_, locals v_, everything schema-qualified.
+-- Every function is SECURITY INVOKER (the default: it runs with the
+-- caller's rights) and pins SET search_path = pg_catalog, pgqueue, pg_temp,
+-- so that an unqualified name in a body (cardinality, now, an operator)
+-- cannot resolve to a look-alike in a schema on the caller's search_path.
+-- tests/integration/test_roles.py checks both for every function.
 --
--- "Running" is not stored: the worker's transaction holds the job's row lock.
--- Row locks are invisible to other sessions, so dequeue also takes a
--- transaction-scoped advisory lock (key 1885827445 = 'pgqu', job id modulo
--- 2^31), which pg_locks shows while the job runs and Postgres drops with the
--- transaction, crash or not.
+-- "Running" is not stored for a job run in its transaction (the default): the
+-- worker's transaction holds the job's row lock. Row locks are invisible to
+-- other sessions, so dequeue also takes a transaction-scoped advisory lock
+-- (key 1885827445 = 'pgqu', job id modulo 2^31), which pg_locks shows while
+-- the job runs and Postgres drops with the transaction, crash or not. A job
+-- run in lease mode is stored as 'running' with a lease_until.
+--
+-- Crashed attempts: before a handler runs, its worker records the start (the
+-- attempt number) in pgqueue.job_starts on a second connection, committed
+-- outside the job's transaction. A pending job that nobody holds and whose
+-- start is ahead of its attempts crashed its worker (or lost it). If that
+-- worker process ran no other attempt at the time (none of its other starts
+-- is unfinished, and the claim was of one job), the job is to blame: dequeue
+-- counts the attempt and applies the retry policy (pgqueue.settle_crashed)
+-- instead of running it. Otherwise nobody knows whose handler killed it:
+-- none is blamed, and each runs next alone. A job that has crashed once
+-- (crashes > 0) is always claimed alone, and its worker runs nothing else in
+-- a transaction meanwhile, so a crash of it is always its own.
 
 -- One NOTIFY per statement (not per row), one per queue that got due work.
 -- Payload: the queue name. Identical payloads in one transaction are folded
 -- into one notification by Postgres.
 CREATE OR REPLACE FUNCTION pgqueue.notify_jobs() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('pgqueue_jobs', q.queue)
     FROM (SELECT DISTINCT n.queue FROM new_jobs n WHERE n.scheduled_at <= now()) q;
@@ -38,10 +58,14 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue(
     p_delay interval,
     p_max_attempts integer,
     p_retry jsonb,
-    p_schedule jsonb
+    p_schedule jsonb,
+    p_timeout double precision
 ) RETURNS bigint
-LANGUAGE sql AS $$
-    INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule)
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+    INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule,
+                              timeout)
     VALUES (
         coalesce(p_queue, 'default'),
         coalesce(p_name, ''),
@@ -50,7 +74,8 @@ LANGUAGE sql AS $$
         coalesce(p_scheduled_at, now() + p_delay, now()),
         coalesce(p_max_attempts, 5),
         p_retry,
-        p_schedule
+        p_schedule,
+        p_timeout
     )
     RETURNING id;
 $$;
@@ -60,6 +85,14 @@ $$;
 -- priority, then scheduled_at, then id. Jobs locked by another transaction
 -- are skipped. The returned attempts counts the attempt about to start.
 -- p_queues / p_names NULL means "any".
+--
+-- On the way, settles what crashed (see the top of this file): expired
+-- leases (pgqueue.rescue_leases), and jobs whose last attempt never finished
+-- (pgqueue.settle_crashed, or crashes + 1 when nobody knows whose fault it
+-- was). A job settled as failed or for a retry later is not returned, and
+-- the search goes on for the rest. A job with crashes > 0 is claimed alone:
+-- first in a claim, it ends the claim; later in one, it is left for the next
+-- (locked, unrun, until this transaction ends).
 --
 -- The planner settings pin the plan to an ordered scan of a partial index
 -- that stops after p_limit rows: with stale statistics (right after a bulk
@@ -72,50 +105,373 @@ CREATE OR REPLACE FUNCTION pgqueue.dequeue(
 LANGUAGE plpgsql
 SET enable_sort = off
 SET enable_bitmapscan = off
+SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
 DECLARE
     v_job pgqueue.jobs;
+    v_seen bigint[] := '{}';  -- returned or set aside
+    v_count integer := 0;     -- returned
+    v_again boolean := true;
+    v_cur refcursor;
+    v_expired boolean;
+    v_limited boolean;
 BEGIN
-    -- Queues with a global concurrency limit take the slower, slot-taking path.
-    IF EXISTS (SELECT 1 FROM pgqueue.queues q
-               WHERE q.max_concurrency IS NOT NULL
-                 AND (p_queues IS NULL OR q.name = ANY (p_queues))) THEN
+    -- One statement for two questions. Has a lease expired? The first one to
+    -- expire is read off jobs_lease_idx (the ORDER BY keeps the planner on it,
+    -- whatever the statistics say: no sort allowed here). Does a queue in
+    -- reach have a global concurrency limit (the slower, slot-taking path)?
+    SELECT (SELECT j.lease_until FROM pgqueue.jobs j
+            WHERE j.status = 'running' ORDER BY j.lease_until LIMIT 1) < now(),
+           EXISTS (SELECT 1 FROM pgqueue.queues q
+                   WHERE q.max_concurrency IS NOT NULL
+                     AND (p_queues IS NULL OR q.name = ANY (p_queues)))
+    INTO v_expired, v_limited;
+    IF v_expired THEN
+        PERFORM pgqueue.rescue_leases();
+    END IF;
+    IF v_limited THEN
         RETURN QUERY SELECT * FROM pgqueue.dequeue_limited(p_limit, p_queues, p_names);
         RETURN;
     END IF;
-    IF cardinality(p_queues) = 1 THEN
-        FOR v_job IN
-            SELECT *
-            FROM pgqueue.jobs j
-            WHERE j.status = 'pending'
-              AND j.queue = p_queues[1]
-              AND j.scheduled_at <= now()
-              AND (p_names IS NULL OR j.name = ANY (p_names))
-            ORDER BY j.queue, j.priority, j.scheduled_at, j.id
-            LIMIT p_limit
-            FOR UPDATE SKIP LOCKED
+    -- Another round only when a job was settled or set aside instead of claimed.
+    WHILE v_again AND v_count < p_limit LOOP
+        v_again := false;
+        IF cardinality(p_queues) = 1 THEN
+            OPEN v_cur FOR
+                SELECT *
+                FROM pgqueue.jobs j
+                WHERE j.status = 'pending'
+                  AND j.queue = p_queues[1]
+                  AND j.scheduled_at <= now()
+                  AND (p_names IS NULL OR j.name = ANY (p_names))
+                  AND j.id <> ALL (v_seen)
+                ORDER BY j.queue, j.priority, j.scheduled_at, j.id
+                LIMIT p_limit - v_count
+                FOR UPDATE SKIP LOCKED;
+        ELSE
+            OPEN v_cur FOR
+                SELECT *
+                FROM pgqueue.jobs j
+                WHERE j.status = 'pending'
+                  AND j.scheduled_at <= now()
+                  AND (p_queues IS NULL OR j.queue = ANY (p_queues))
+                  AND (p_names IS NULL OR j.name = ANY (p_names))
+                  AND j.id <> ALL (v_seen)
+                ORDER BY j.priority, j.scheduled_at, j.id
+                LIMIT p_limit - v_count
+                FOR UPDATE SKIP LOCKED;
+        END IF;
         LOOP
+            FETCH v_cur INTO v_job;
+            EXIT WHEN NOT FOUND;
+            v_seen := v_seen || v_job.id;
+            IF EXISTS (SELECT 1 FROM pgqueue.job_starts s
+                       WHERE s.job_id = v_job.id AND s.attempt > v_job.attempts) THEN
+                v_job := pgqueue.settle_crashed(v_job);
+                IF v_job.status <> 'pending' OR v_job.scheduled_at > now() THEN
+                    v_again := true;
+                    CONTINUE;
+                END IF;
+            END IF;
+            IF v_job.crashes > 0 THEN
+                IF v_count > 0 THEN
+                    v_again := true;
+                    CONTINUE;
+                END IF;
+                v_count := p_limit;  -- claimed alone
+            ELSE
+                v_count := v_count + 1;
+            END IF;
             PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
             v_job.attempts := v_job.attempts + 1;
             RETURN NEXT v_job;
         END LOOP;
-        RETURN;
+        CLOSE v_cur;
+    END LOOP;
+END;
+$$;
+
+
+-- Record that attempts of these jobs (claimed together by the caller's
+-- worker in another transaction, still open) start now, in a transaction of
+-- their own committed before the handlers run. p_attempts: the attempt
+-- numbers; p_next_at: each job's next run if it repeats on a cron or text
+-- schedule; p_worker, p_process: who runs them. Also drops the start records
+-- of attempts the worker has finished since its last call (p_done_ids, with
+-- their claims' tokens: not a newer attempt's), which the job's own
+-- transaction leaves, to stay short; this call may even arrive after the
+-- job's outcome, on its other connection, and leave a record of a finished
+-- attempt, which never counts (its attempt is not ahead of the job's). The
+-- table is unlogged: the commit does not wait for the disk.
+CREATE OR REPLACE FUNCTION pgqueue.start_jobs(
+    p_ids bigint[],
+    p_attempts integer[],
+    p_next_at timestamptz[],
+    p_worker text,
+    p_process bigint,
+    p_token bigint,
+    p_done_ids bigint[],
+    p_done_tokens bigint[]
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+BEGIN
+    IF cardinality(p_done_ids) > 0 THEN
+        DELETE FROM pgqueue.job_starts s
+        USING unnest(p_done_ids, p_done_tokens) AS d(id, token)
+        WHERE s.job_id = d.id AND s.token = d.token;
     END IF;
+    INSERT INTO pgqueue.job_starts AS s (job_id, attempt, shared, next_at, worker, process, token)
+    SELECT u.id, u.attempt, cardinality(p_ids) > 1, u.next_at, p_worker, p_process, p_token
+    FROM unnest(p_ids, p_attempts, p_next_at) AS u(id, attempt, next_at)
+    ON CONFLICT (job_id) DO UPDATE
+    SET attempt = excluded.attempt, shared = excluded.shared, started_at = now(),
+        next_at = excluded.next_at, worker = excluded.worker, process = excluded.process,
+        token = excluded.token, timed_out = NULL;
+END;
+$$;
+
+
+-- Forget the starts of a worker's claim (p_token) that it gave up itself, on
+-- purpose, before its transaction ended: those attempts were not the jobs'
+-- fault and are not counted. Returns how many were forgotten.
+CREATE OR REPLACE FUNCTION pgqueue.forget_starts(p_ids bigint[], p_token bigint) RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+    WITH forgotten AS (
+        DELETE FROM pgqueue.job_starts s
+        WHERE s.job_id = ANY (p_ids) AND s.token = p_token
+        RETURNING 1
+    )
+    SELECT count(*) FROM forgotten;
+$$;
+
+
+-- The worker's watchdog gave up on job p_id after p_timeout seconds and is
+-- about to end its transaction: the start is marked as timed out (whoever
+-- settles it says so and blames it) and the other jobs of the claim are
+-- forgotten.
+CREATE OR REPLACE FUNCTION pgqueue.time_out_start(
+    p_id bigint,
+    p_timeout double precision,
+    p_ids bigint[],
+    p_token bigint
+) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+    UPDATE pgqueue.job_starts SET timed_out = p_timeout WHERE job_id = p_id AND token = p_token;
+    DELETE FROM pgqueue.job_starts s
+    WHERE s.job_id = ANY (p_ids) AND s.job_id <> p_id AND s.token = p_token;
+$$;
+
+
+-- A pending job, locked by the caller and held by no worker, whose start is
+-- ahead of its attempts: that attempt never finished. Alone in its worker
+-- (or timed out): count the attempt with an error that says what happened,
+-- and fail the job for good or schedule it after its retry delay
+-- (pgqueue.fail_attempt). Shared with other attempts of its worker process
+-- that never finished either (marked shared now, for when they are
+-- settled): count a crash but not an attempt, and leave the job due. Either
+-- way crashes + 1 (not for a timeout). Returns the job as it is now.
+CREATE OR REPLACE FUNCTION pgqueue.settle_crashed(p_job pgqueue.jobs) RETURNS pgqueue.jobs
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+DECLARE
+    v_start pgqueue.job_starts;
+    v_job pgqueue.jobs;
+    v_error text;
+BEGIN
+    DELETE FROM pgqueue.job_starts s WHERE s.job_id = p_job.id RETURNING * INTO v_start;
+    IF NOT FOUND OR v_start.attempt <= p_job.attempts THEN
+        RETURN p_job;
+    END IF;
+    IF v_start.timed_out IS NULL AND v_start.process IS NOT NULL THEN
+        WITH others AS (
+            UPDATE pgqueue.job_starts s SET shared = true
+            FROM pgqueue.jobs j
+            WHERE s.process = v_start.process AND s.job_id <> p_job.id AND j.id = s.job_id
+              AND ((j.status = 'pending' AND s.attempt > j.attempts)
+                   OR (j.status = 'running' AND s.attempt = j.attempts))
+            RETURNING 1
+        )
+        SELECT v_start.shared OR count(*) > 0 INTO v_start.shared FROM others;
+    END IF;
+    IF v_start.shared AND v_start.timed_out IS NULL THEN
+        UPDATE pgqueue.jobs SET crashes = crashes + 1, updated_at = now()
+        WHERE id = p_job.id
+        RETURNING * INTO v_job;
+        RETURN v_job;
+    END IF;
+    IF v_start.timed_out IS NOT NULL THEN
+        v_error := format(
+            'JobTimeout: timed out after %s s (attempt %s of %s; worker %s ended its transaction)',
+            v_start.timed_out, v_start.attempt, p_job.max_attempts, coalesce(v_start.worker, '?'));
+    ELSE
+        v_error := format(
+            'WorkerCrashed: the worker running this job died (crashed attempt %s of %s): it was'
+            ' started by worker %s at %s, alone, and never finished. Its handler may have killed'
+            ' the process (os._exit, a segfault, out of memory), or the worker was killed or lost'
+            ' its database connection.',
+            v_start.attempt, p_job.max_attempts, coalesce(v_start.worker, '?'), v_start.started_at);
+        UPDATE pgqueue.jobs SET crashes = crashes + 1 WHERE id = p_job.id;
+        p_job.crashes := p_job.crashes + 1;
+    END IF;
+    SELECT * INTO v_job
+    FROM pgqueue.fail_attempt(p_job, v_start.attempt, v_error, v_start.next_at);
+    RETURN v_job;
+END;
+$$;
+
+
+-- Settle job p_id now if its last start never finished and nobody holds it
+-- (the watchdog, right after ending the transaction of a job that timed
+-- out). Returns the job as it is then, or nothing.
+CREATE OR REPLACE FUNCTION pgqueue.settle_job(p_id bigint) RETURNS SETOF pgqueue.jobs
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+DECLARE
+    v_job pgqueue.jobs;
+BEGIN
+    SELECT * INTO v_job FROM pgqueue.jobs j
+    WHERE j.id = p_id AND j.status = 'pending'
+    FOR UPDATE SKIP LOCKED;
+    IF FOUND THEN
+        RETURN NEXT pgqueue.settle_crashed(v_job);
+    END IF;
+END;
+$$;
+
+
+-- Lease mode: running jobs whose lease ran out lost their worker (it died or
+-- stopped sending heartbeats). Each attempt was counted when it was claimed:
+-- fail it for good or schedule it after its retry delay; crashes + 1 (not
+-- for a timeout). Returns how many were rescued.
+CREATE OR REPLACE FUNCTION pgqueue.rescue_leases() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+DECLARE
+    v_job pgqueue.jobs;
+    v_start pgqueue.job_starts;
+    v_count bigint := 0;
+BEGIN
     FOR v_job IN
-        SELECT *
-        FROM pgqueue.jobs j
-        WHERE j.status = 'pending'
-          AND j.scheduled_at <= now()
-          AND (p_queues IS NULL OR j.queue = ANY (p_queues))
-          AND (p_names IS NULL OR j.name = ANY (p_names))
-        ORDER BY j.priority, j.scheduled_at, j.id
-        LIMIT p_limit
+        SELECT * FROM pgqueue.jobs j
+        WHERE j.status = 'running' AND j.lease_until < now()
+        ORDER BY j.lease_until
+        LIMIT 100
         FOR UPDATE SKIP LOCKED
     LOOP
-        PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
-        v_job.attempts := v_job.attempts + 1;
-        RETURN NEXT v_job;
+        SELECT * INTO v_start FROM pgqueue.job_starts s WHERE s.job_id = v_job.id;
+        IF v_start.timed_out IS NULL THEN
+            v_job.crashes := v_job.crashes + 1;
+            UPDATE pgqueue.jobs SET crashes = v_job.crashes WHERE id = v_job.id;
+        END IF;
+        PERFORM pgqueue.fail_attempt(
+            v_job, v_job.attempts,
+            CASE WHEN v_start.timed_out IS NOT NULL THEN
+                format('JobTimeout: timed out after %s s (attempt %s of %s)',
+                       v_start.timed_out, v_job.attempts, v_job.max_attempts)
+            ELSE
+                format('LeaseExpired: the lease ran out at %s (attempt %s of %s): the worker'
+                       ' running this job (%s, since %s) died or stopped sending heartbeats.',
+                       v_job.lease_until, v_job.attempts, v_job.max_attempts,
+                       coalesce(v_start.worker, '?'), coalesce(v_start.started_at, v_job.updated_at))
+            END,
+            v_start.next_at);
+        v_count := v_count + 1;
     END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+
+-- Lease mode: mark jobs the calling transaction has just claimed (dequeue) as
+-- running, count the attempt, and lease them for p_lease seconds; the caller
+-- commits at once and runs the handlers outside any transaction. Returns the
+-- jobs' rows.
+CREATE OR REPLACE FUNCTION pgqueue.lease_jobs(p_ids bigint[], p_lease double precision)
+RETURNS SETOF pgqueue.jobs
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+    UPDATE pgqueue.jobs j
+    SET status = 'running', attempts = j.attempts + 1,
+        lease_until = now() + pg_catalog.make_interval(secs => p_lease), updated_at = now()
+    WHERE j.id = ANY (p_ids) AND j.status = 'pending'
+    RETURNING j.*;
+$$;
+
+
+-- Lease mode: extend the leases of running jobs (id and attempt: the lease
+-- of an attempt that was rescued meanwhile is not extended). Returns the ids
+-- whose lease was extended.
+CREATE OR REPLACE FUNCTION pgqueue.extend_leases(
+    p_ids bigint[],
+    p_attempts integer[],
+    p_lease double precision
+) RETURNS SETOF bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+    UPDATE pgqueue.jobs j
+    SET lease_until = now() + pg_catalog.make_interval(secs => p_lease)
+    FROM unnest(p_ids, p_attempts) AS u(id, attempts)
+    WHERE j.id = u.id AND j.attempts = u.attempts AND j.status = 'running'
+    RETURNING j.id;
+$$;
+
+
+-- Lease mode: complete attempt p_attempt of job p_id, as pgqueue.complete
+-- does. False when that attempt no longer holds the job (its lease expired
+-- and it was rescued, or it was timed out).
+CREATE OR REPLACE FUNCTION pgqueue.complete_leased(
+    p_id bigint,
+    p_attempt integer,
+    p_result text,
+    p_next_at timestamptz
+) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+BEGIN
+    -- Back to what pgqueue.complete expects (it counts the attempt itself).
+    UPDATE pgqueue.jobs
+    SET status = 'pending', attempts = attempts - 1, lease_until = NULL
+    WHERE id = p_id AND status = 'running' AND attempts = p_attempt;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    RETURN pgqueue.complete(p_id, p_result, p_next_at);
+END;
+$$;
+
+
+-- Lease mode: record that attempt p_attempt of job p_id failed, as
+-- pgqueue.fail does. Nothing when that attempt no longer holds the job.
+CREATE OR REPLACE FUNCTION pgqueue.fail_leased(
+    p_id bigint,
+    p_attempt integer,
+    p_error text,
+    p_next_at timestamptz DEFAULT NULL
+) RETURNS SETOF pgqueue.jobs
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+DECLARE
+    v_job pgqueue.jobs;
+BEGIN
+    SELECT * INTO v_job FROM pgqueue.jobs
+    WHERE id = p_id AND status = 'running' AND attempts = p_attempt
+    FOR UPDATE;
+    IF FOUND THEN
+        RETURN QUERY SELECT * FROM pgqueue.fail_attempt(v_job, v_job.attempts, p_error, p_next_at);
+    END IF;
 END;
 $$;
 
@@ -123,7 +479,9 @@ $$;
 -- Interval JSON ({"years", "months", "weeks", "days", "hours", "minutes",
 -- "seconds"}, validated by the Python side) to an interval.
 CREATE OR REPLACE FUNCTION pgqueue.interval_from_json(p_interval jsonb) RETURNS interval
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     SELECT pg_catalog.make_interval(
         years  => coalesce((p_interval ->> 'years')::integer, 0),
         months => coalesce((p_interval ->> 'months')::integer, 0),
@@ -145,7 +503,9 @@ $$;
 -- the worker.
 CREATE OR REPLACE FUNCTION pgqueue.run_recurring(p_job pgqueue.jobs, p_next_at timestamptz DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 DECLARE
     v_interval interval;
     v_next timestamptz := p_next_at;
@@ -171,16 +531,20 @@ $$;
 -- Mark a job completed; a recurring job instead enqueues its target and
 -- reschedules itself, and a job with a schedule is enqueued again at
 -- p_next_at (a new job). Returns false when the job is not pending (it was
--- cancelled or finished meanwhile), true otherwise.
+-- cancelled or finished meanwhile), true otherwise. The attempt's start
+-- record goes in the same transaction.
 CREATE OR REPLACE FUNCTION pgqueue.complete(
     p_id bigint,
     p_result text DEFAULT NULL,
     p_next_at timestamptz DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 DECLARE
     v_job pgqueue.jobs;
 BEGIN
+    DELETE FROM pgqueue.job_starts WHERE job_id = p_id;
     UPDATE pgqueue.jobs
     SET status = 'completed', attempts = attempts + 1, result = p_result,
         completed_at = now(), updated_at = now()
@@ -205,13 +569,17 @@ $$;
 
 -- Complete the jobs of one transaction (batch mode, and single jobs too):
 -- plain jobs in one UPDATE, recurring and repeating ones one by one through
--- pgqueue.complete. Returns how many were still pending.
+-- pgqueue.complete. Returns how many were still pending. The start records
+-- stay: the worker drops them later, off this transaction's path
+-- (pgqueue.start_jobs), and a finished attempt's start never counts.
 CREATE OR REPLACE FUNCTION pgqueue.complete_many(
     p_ids bigint[],
     p_results text[],
     p_next_at timestamptz[]
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 DECLARE
     v_plain bigint[];
     v_count integer;
@@ -245,7 +613,9 @@ $$;
 --   fixed: delay; linear: delay * n; exponential: delay * factor^(n-1);
 --   polynomial: delay * n^factor (Redwood's 1000 ms * attempts^4).
 CREATE OR REPLACE FUNCTION pgqueue.retry_delay(p_retry jsonb, p_attempt integer) RETURNS interval
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 DECLARE
     v_delay double precision := coalesce((p_retry ->> 'delay')::double precision, 10);
     v_factor double precision := coalesce((p_retry ->> 'factor')::double precision, 2);
@@ -279,33 +649,56 @@ CREATE OR REPLACE FUNCTION pgqueue.fail(
     p_error text,
     p_next_at timestamptz DEFAULT NULL
 ) RETURNS SETOF pgqueue.jobs
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+DECLARE
+    v_job pgqueue.jobs;
+BEGIN
+    SELECT * INTO v_job FROM pgqueue.jobs WHERE id = p_id AND status = 'pending' FOR UPDATE;
+    IF FOUND THEN
+        RETURN QUERY SELECT * FROM pgqueue.fail_attempt(v_job, v_job.attempts + 1, p_error, p_next_at);
+    END IF;
+END;
+$$;
+
+
+-- pgqueue.fail's work on a job the caller has locked (pending, or running in
+-- lease mode), whose attempts count becomes p_attempts: schedule the next
+-- attempt or fail it for good, and drop its start record. Returns the row.
+CREATE OR REPLACE FUNCTION pgqueue.fail_attempt(
+    p_job pgqueue.jobs,
+    p_attempts integer,
+    p_error text,
+    p_next_at timestamptz
+) RETURNS SETOF pgqueue.jobs
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 DECLARE
     v_job pgqueue.jobs;
     v_policy jsonb;
     v_next timestamptz;
     v_final boolean;
 BEGIN
-    SELECT * INTO v_job FROM pgqueue.jobs WHERE id = p_id AND status = 'pending' FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    SELECT coalesce((SELECT q.retry FROM pgqueue.queues q WHERE q.name = v_job.queue), '{}')
-           || coalesce(v_job.retry, '{}')
+    SELECT coalesce((SELECT q.retry FROM pgqueue.queues q WHERE q.name = p_job.queue), '{}')
+           || coalesce(p_job.retry, '{}')
     INTO v_policy;
-    v_next := now() + pgqueue.retry_delay(v_policy, v_job.attempts + 1);
-    v_final := v_job.attempts + 1 >= v_job.max_attempts
+    v_next := now() + pgqueue.retry_delay(v_policy, p_attempts);
+    v_final := p_attempts >= p_job.max_attempts
         OR v_next > (v_policy ->> 'until')::timestamptz
-        OR v_next > v_job.created_at
+        OR v_next > p_job.created_at
                     + pg_catalog.make_interval(secs => (v_policy ->> 'max_duration')::double precision);
     v_final := coalesce(v_final, false);
+    DELETE FROM pgqueue.job_starts WHERE job_id = p_job.id;
     UPDATE pgqueue.jobs
-    SET attempts = attempts + 1,
+    SET attempts = p_attempts,
         last_error = p_error,
         updated_at = now(),
+        lease_until = NULL,
         status = CASE WHEN v_final THEN 'failed' ELSE 'pending' END,
         scheduled_at = CASE WHEN v_final THEN scheduled_at ELSE v_next END
-    WHERE id = p_id
+    WHERE id = p_job.id
     RETURNING * INTO v_job;
     IF v_final AND v_job.schedule IS NOT NULL AND p_next_at IS NOT NULL THEN
         PERFORM pgqueue.repeat_job(v_job, p_next_at);
@@ -328,7 +721,9 @@ CREATE OR REPLACE FUNCTION pgqueue.add_recurring(
     p_schedule jsonb DEFAULT NULL,
     p_first_at timestamptz DEFAULT NULL
 ) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at)
     VALUES (coalesce(p_queue, 'default'), 'pgqueue.recurring',
             jsonb_strip_nulls(jsonb_build_object(
@@ -345,7 +740,9 @@ $$;
 -- Lock keys (job id modulo 2^31) of the jobs running right now in this
 -- database: see the note at the top of this file.
 CREATE OR REPLACE FUNCTION pgqueue.running_keys() RETURNS SETOF bigint
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     SELECT l.objid::bigint
     FROM pg_catalog.pg_locks l
     WHERE l.locktype = 'advisory'
@@ -357,22 +754,27 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
--- One job with its status; 'running' while a worker holds it. No row: unknown id.
+-- One job with its status; 'running' while a worker holds it (in its
+-- transaction, or stored in lease mode). No row: unknown id.
 CREATE OR REPLACE FUNCTION pgqueue.get_job(p_id bigint) RETURNS SETOF pgqueue.jobs
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     SELECT j.id, j.queue, j.name, j.data, j.priority,
            CASE WHEN j.status = 'pending'
                      AND (j.id % 2147483648) IN (SELECT pgqueue.running_keys())
                 THEN 'running' ELSE j.status END,
            j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,
-           j.created_at, j.updated_at, j.completed_at, j.schedule
+           j.created_at, j.updated_at, j.completed_at, j.schedule, j.timeout, j.crashes,
+           j.lease_until
     FROM pgqueue.jobs j
     WHERE j.id = p_id;
 $$;
 
 
--- Unfinished jobs: due and waiting (pending), due and held by a worker
--- (running), and not yet due (scheduled). NULL filters mean "any".
+-- Unfinished jobs: due and waiting (pending), held by a worker (running: in
+-- its transaction, or stored in lease mode), and not yet due (scheduled).
+-- NULL filters mean "any".
 CREATE OR REPLACE FUNCTION pgqueue.queue_size(
     p_queues text[],
     p_names text[],
@@ -380,15 +782,18 @@ CREATE OR REPLACE FUNCTION pgqueue.queue_size(
     OUT scheduled_count bigint,
     OUT running_count bigint
 )
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     WITH running AS MATERIALIZED (SELECT pgqueue.running_keys() AS k)
     SELECT count(*) FILTER (WHERE NOT s.running AND s.scheduled_at <= now()),
            count(*) FILTER (WHERE NOT s.running AND s.scheduled_at > now()),
            count(*) FILTER (WHERE s.running)
     FROM (
-        SELECT j.scheduled_at, (j.id % 2147483648) IN (SELECT k FROM running) AS running
+        SELECT j.scheduled_at,
+               j.status = 'running' OR (j.id % 2147483648) IN (SELECT k FROM running) AS running
         FROM pgqueue.jobs j
-        WHERE j.status = 'pending'
+        WHERE j.status IN ('pending', 'running')
           AND (p_queues IS NULL OR j.queue = ANY (p_queues))
           AND (p_names IS NULL OR j.name = ANY (p_names))
     ) s;
@@ -403,7 +808,9 @@ CREATE OR REPLACE FUNCTION pgqueue.average_time_to_completion(
     p_queues text[],
     p_names text[]
 ) RETURNS double precision
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     SELECT coalesce(extract(epoch FROM avg(j.completed_at - j.scheduled_at))::double precision, 0)
     FROM pgqueue.jobs j
     WHERE j.completed_at > p_start AND j.completed_at <= p_end
@@ -418,7 +825,9 @@ $$;
 CREATE OR REPLACE FUNCTION pgqueue.status_counts(
     OUT queue text, OUT name text, OUT state text, OUT count bigint
 ) RETURNS SETOF record
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     WITH running AS MATERIALIZED (SELECT pgqueue.running_keys() AS k)
     SELECT j.queue, j.name,
            CASE
@@ -439,7 +848,9 @@ $$;
 -- p_from .. p_max - 1; returns the slot taken, or NULL when all are held.
 CREATE OR REPLACE FUNCTION pgqueue.take_slot(p_queue text, p_max integer, p_from integer)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 DECLARE
     v_key integer := pg_catalog.hashtext('pgqueue.queue:' || p_queue);
 BEGIN
@@ -457,6 +868,12 @@ $$;
 -- one job at a time and, for a limited queue, a free slot with it. A job
 -- whose queue is full is let go again (its row lock was taken in a
 -- subtransaction that is rolled back) and the queue is skipped from then on.
+-- Lease-mode jobs hold no slot while they run (their claim committed): while
+-- a queue has some, the slots held right now (pg_locks) plus its running jobs
+-- must stay within the limit. Locks are counted first: a claim commits before
+-- it lets its slot go, so a job moving from one to the other is seen at least
+-- once. Crashed jobs are settled, and jobs that crashed before are claimed
+-- alone, as in pgqueue.dequeue.
 CREATE OR REPLACE FUNCTION pgqueue.dequeue_limited(
     p_limit integer,
     p_queues text[],
@@ -465,6 +882,7 @@ CREATE OR REPLACE FUNCTION pgqueue.dequeue_limited(
 LANGUAGE plpgsql
 SET enable_sort = off
 SET enable_bitmapscan = off
+SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
 DECLARE
     v_job pgqueue.jobs;
@@ -473,6 +891,9 @@ DECLARE
     v_next_slot jsonb := '{}';
     v_max integer;
     v_slot integer;
+    v_held bigint;
+    v_running bigint;
+    v_aside bigint[] := '{}';
 BEGIN
     WHILE cardinality(v_ids) < p_limit LOOP
         BEGIN
@@ -484,11 +905,23 @@ BEGIN
               AND (p_names IS NULL OR j.name = ANY (p_names))
               AND j.queue <> ALL (v_full)
               AND j.id <> ALL (v_ids)
+              AND j.id <> ALL (v_aside)
             ORDER BY j.priority, j.scheduled_at, j.id
             LIMIT 1
             FOR UPDATE SKIP LOCKED;
             IF NOT FOUND THEN
                 RETURN;
+            END IF;
+            IF EXISTS (SELECT 1 FROM pgqueue.job_starts s
+                       WHERE s.job_id = v_job.id AND s.attempt > v_job.attempts) THEN
+                v_job := pgqueue.settle_crashed(v_job);
+                IF v_job.status <> 'pending' OR v_job.scheduled_at > now() THEN
+                    CONTINUE;
+                END IF;
+            END IF;
+            IF v_job.crashes > 0 AND cardinality(v_ids) > 0 THEN
+                v_aside := v_aside || v_job.id;
+                CONTINUE;
             END IF;
             SELECT q.max_concurrency INTO v_max FROM pgqueue.queues q WHERE q.name = v_job.queue;
             IF v_max IS NOT NULL THEN
@@ -497,12 +930,36 @@ BEGIN
                 IF v_slot IS NULL THEN
                     RAISE EXCEPTION 'queue % is full', v_job.queue USING ERRCODE = 'PGQ01';
                 END IF;
+                SELECT count(*) INTO v_running
+                FROM (SELECT 1 FROM pgqueue.jobs r
+                      WHERE r.status = 'running' AND r.queue = v_job.queue
+                      ORDER BY r.lease_until) r;  -- on jobs_lease_idx, as in pgqueue.dequeue
+                IF v_running > 0 THEN
+                    SELECT count(*) INTO v_held
+                    FROM pg_catalog.pg_locks l
+                    WHERE l.locktype = 'advisory'
+                      AND l.classid = pg_catalog.hashtext('pgqueue.queue:' || v_job.queue)::oid
+                      AND l.objsubid = 2
+                      AND l.granted
+                      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                        WHERE d.datname = pg_catalog.current_database());
+                    SELECT count(*) INTO v_running
+                    FROM (SELECT 1 FROM pgqueue.jobs r
+                          WHERE r.status = 'running' AND r.queue = v_job.queue
+                          ORDER BY r.lease_until) r;
+                    IF v_held + v_running > v_max THEN
+                        RAISE EXCEPTION 'queue % is full', v_job.queue USING ERRCODE = 'PGQ01';
+                    END IF;
+                END IF;
                 v_next_slot := v_next_slot || jsonb_build_object(v_job.queue, v_slot + 1);
             END IF;
             PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
             v_ids := v_ids || v_job.id;
             v_job.attempts := v_job.attempts + 1;
             RETURN NEXT v_job;
+            IF v_job.crashes > 0 THEN
+                RETURN;  -- claimed alone
+            END IF;
         EXCEPTION WHEN SQLSTATE 'PGQ01' THEN
             v_full := v_full || v_job.queue;
         END;
@@ -514,11 +971,13 @@ $$;
 -- Enqueue the next run of a job with a schedule: a copy at p_next_at.
 CREATE OR REPLACE FUNCTION pgqueue.repeat_job(p_job pgqueue.jobs, p_next_at timestamptz)
 RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry,
-                              schedule)
+                              schedule, timeout)
     VALUES (p_job.queue, p_job.name, p_job.data, p_job.priority, p_next_at, p_job.max_attempts,
-            p_job.retry, p_job.schedule)
+            p_job.retry, p_job.schedule, p_job.timeout)
     RETURNING id;
 $$;
 
@@ -533,7 +992,9 @@ $$;
 -- are waited for, in id order (no deadlock between two of these calls).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_jobs(p_name text, p_data jsonb, p_queue text)
 RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     WITH running AS MATERIALIZED (
         SELECT pgqueue.running_keys() AS k
     ), picked AS (
@@ -557,7 +1018,9 @@ $$;
 -- Cancel one pending job; false when it is unknown, running or finished
 -- (running as in cancel_jobs).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_job(p_id bigint) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     WITH picked AS (
         SELECT j.id FROM pgqueue.jobs j
         WHERE j.id = p_id AND j.status = 'pending'
@@ -575,10 +1038,14 @@ $$;
 -- Make failed or cancelled jobs pending again, due now, with one more
 -- attempt allowed if they had used them all up. A recurring row comes back
 -- only when its target has no pending one (at most one per target, the
--- newest): the unique index allows one. Returns how many.
+-- newest): the unique index allows one. A start record left from before
+-- (a job cancelled after its worker crashed) is dropped: the job starts
+-- afresh. Returns how many.
 CREATE OR REPLACE FUNCTION pgqueue.retry_jobs(p_ids bigint[], p_name text, p_queue text)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
 DECLARE
     v_queues text[];
 BEGIN
@@ -611,7 +1078,9 @@ BEGIN
                 THEN NULL ELSE j.schedule END
         FROM picked
         WHERE j.id = picked.id AND j.status IN ('failed', 'cancelled')
-        RETURNING j.queue
+        RETURNING j.id, j.queue
+    ), forgotten AS (
+        DELETE FROM pgqueue.job_starts s USING retried r WHERE s.job_id = r.id
     )
     SELECT array_agg(queue) INTO v_queues FROM retried;
     PERFORM pg_catalog.pg_notify('pgqueue_jobs', q.queue)
@@ -622,13 +1091,20 @@ $$;
 
 
 -- Delete finished jobs older than their clean-up rule (by name and status,
--- falling back to the '*' rule of that status; no rule: kept). Returns how
--- many were deleted.
+-- falling back to the '*' rule of that status; no rule: kept), and start
+-- records of jobs that are no longer pending or running (a job cancelled or
+-- deleted after its worker crashed). Returns how many jobs were deleted.
 CREATE OR REPLACE FUNCTION pgqueue.cleanup() RETURNS bigint
-LANGUAGE sql AS $$
-    WITH deleted AS (
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+    WITH stale_starts AS (
+        DELETE FROM pgqueue.job_starts s
+        WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs j
+                          WHERE j.id = s.job_id AND j.status IN ('pending', 'running'))
+    ), deleted AS (
         DELETE FROM pgqueue.jobs j
-        WHERE j.status <> 'pending'
+        WHERE j.status NOT IN ('pending', 'running')
           AND j.updated_at < now() - (SELECT min(r.purge_after) FROM pgqueue.cleanup_rules r)
           AND j.updated_at < now() - coalesce(
               (SELECT r.purge_after FROM pgqueue.cleanup_rules r
@@ -642,14 +1118,17 @@ $$;
 
 
 -- Delete every job that no worker is running right now (running as in
--- cancel_jobs). Returns how many.
+-- cancel_jobs, or stored as running in lease mode). Returns how many.
 CREATE OR REPLACE FUNCTION pgqueue.clear_jobs(p_queue text) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     WITH running AS MATERIALIZED (
         SELECT pgqueue.running_keys() AS k
     ), picked AS (
         SELECT j.id FROM pgqueue.jobs j
         WHERE (p_queue IS NULL OR j.queue = p_queue)
+          AND j.status <> 'running'
           AND NOT (j.status = 'pending' AND (j.id % 2147483648) IN (SELECT k FROM running))
         ORDER BY j.id
         FOR UPDATE OF j
@@ -666,7 +1145,9 @@ CREATE OR REPLACE FUNCTION pgqueue.configure_queue(
     p_max_concurrency integer,
     p_retry jsonb
 ) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
     INSERT INTO pgqueue.queues (name, max_concurrency, retry)
     VALUES (p_name, p_max_concurrency, p_retry)
     ON CONFLICT (name) DO UPDATE

@@ -1,4 +1,4 @@
-"""A worker process killed with SIGKILL mid-job loses nothing: the job is due again and runs once."""
+"""A worker process killed with SIGKILL mid-job loses nothing: the job runs again, once, after its retry delay."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ WORKER_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_a_worker_killed_mid_job_loses_nothing(conn, dsn, tmp_path):
     create_results_table(conn)
-    victim = pgqueue.add_job_to_queue(conn, name="crash", priority=0)
+    victim = pgqueue.add_job_to_queue(
+        conn, name="crash", priority=0, retry={"backoff": "fixed", "delay": 0.5, "jitter": 0}
+    )
     bystander = pgqueue.add_job_to_queue(conn, name="crash", priority=1)
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
@@ -68,8 +70,10 @@ def test_a_worker_killed_mid_job_loses_nothing(conn, dsn, tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
 
-            # Postgres rolled the dead worker's transaction back: the job is due
-            # again, and our worker takes it (by polling: a rollback sends no NOTIFY).
+            # Postgres rolled the dead worker's transaction back, but the start of
+            # the attempt was recorded outside it: our worker's next dequeue counts
+            # a crashed attempt, and runs the job after its retry delay (by
+            # polling: a rollback sends no NOTIFY).
             assert calls.wait_for(2) == [bystander, victim]
             wait_until(lambda: status(conn, victim) == "completed", what="the victim to complete")
     finally:
@@ -86,7 +90,9 @@ def test_a_worker_killed_mid_job_loses_nothing(conn, dsn, tmp_path):
     job = pgqueue.get_job(conn, victim)
     assert job is not None
     assert job.status is pgqueue.JobStatus.COMPLETED
-    assert job.last_error is None
+    assert job.attempts == 2
+    assert job.last_error is not None
+    assert "the worker running this job died (crashed attempt 1 of 5)" in job.last_error
     assert pgqueue.pending_queue_size(conn) == {
         "pending_count": 0,
         "scheduled_count": 0,

@@ -11,6 +11,7 @@ from psycopg_pool import ConnectionPool
 
 import pgqueue
 from pgqueue import InvalidJobError, JobStatus
+from pgqueue._db import translate_errors
 
 
 def db_now(conn: psycopg.Connection) -> datetime:
@@ -117,10 +118,15 @@ def test_bad_input_raises_and_writes_nothing(conn, job):
     assert job_count(conn) == 0
 
 
-def test_a_value_the_server_refuses_is_an_invalid_job_error(conn):
-    with pytest.raises(InvalidJobError, match="database refused"):
+def test_a_value_out_of_range_is_refused_before_sql(conn):
+    with pytest.raises(InvalidJobError, match="out of range"):
         pgqueue.add_job_to_queue(conn, scheduled_at=timedelta(days=999_999_999))
     assert job_count(conn) == 0
+
+
+def test_a_value_the_server_refuses_is_an_invalid_job_error(conn):
+    with pytest.raises(InvalidJobError, match="database refused"), translate_errors():
+        conn.execute("SELECT 'x'::int")
 
 
 def test_enqueue_joins_the_callers_transaction(dsn):

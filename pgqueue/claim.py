@@ -1,0 +1,361 @@
+"""One claim of a worker slot: dequeue jobs in a transaction, run their handlers, record the outcomes.
+
+A mixin of :class:`pgqueue.JobQueueWorker`, apart so that each module holds one
+job: the worker (pgqueue.worker) owns the threads, the connections and the
+life cycle; this module what a slot does with one transaction. Lease mode's
+claims are in pgqueue.lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, NoReturn, TypeAlias
+
+import psycopg
+from psycopg import Transaction
+from psycopg.pq import TransactionStatus
+
+from . import _queries as q
+from . import lease as _lease
+from .builtins import BUILTIN_NAMES, next_run, run_builtin
+from .errors import JobFailed
+from .records import JobRecord, WorkerStats
+from .supervisor import Supervisor, new_token
+from .timeouts import server_limit_ms
+
+__all__ = ["ClaimRunner", "Handler"]
+
+# The worker's own logger: these are its log lines, under the name they always had.
+logger = logging.getLogger("pgqueue.worker")
+
+#: A handler: called with the connection (inside the job's transaction) and the job.
+Handler: TypeAlias = Callable[[psycopg.Connection[Any], JobRecord], object]
+
+
+_MAX_ERROR_LENGTH: Final = 16_000
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One slot: a thread that claims and runs jobs on one connection at a time."""
+
+    index: int
+    #: Its own connections rather than the pool's: a slot started in place of an orphan.
+    dedicated: bool = False
+    #: Its handler outlived its timeout and a new slot took its place: it ends when the handler returns.
+    orphaned: bool = False
+    thread: threading.Thread = field(default_factory=threading.Thread)
+
+
+class _Abandoned(Exception):
+    """The watchdog ended the slot's claim (a timeout): drop the connection and go on."""
+
+
+class ClaimRunner:
+    """What a slot does with one claim (mixed into JobQueueWorker, which sets these)."""
+
+    batch_size: int
+    queues: list[str] | None
+    timeout: float | None
+    lease: float | None
+    stats: WorkerStats
+    _names: list[str] | None
+    _handler: Handler | Mapping[str, Handler]
+    _supervisor: Supervisor
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection of the worker's own (JobQueueWorker's)."""
+        raise NotImplementedError
+
+    def _process_batch(self, conn: psycopg.Connection[Any], slot: _Slot) -> bool:
+        """Claim up to ``batch_size`` jobs in one transaction and run them; False when none was due.
+
+        The transaction is a psycopg transaction block, so a handler's
+        ``conn.commit()`` / ``conn.rollback()`` raises instead of ending it
+        (which would commit half a job and free its lock while it runs).
+        Round trips: BEGIN, dequeue and the first SAVEPOINT in one; the start
+        records on the side connection; one more (RELEASE + SAVEPOINT) before
+        each further job of a batch, and one before each job with a timeout
+        (Postgres's own limits); then the completions, the failures and
+        COMMIT in one.
+        """
+        tx = psycopg.Transaction(conn)
+        jobs: list[JobRecord] = []
+        done: list[tuple[JobRecord, str | None]] = []
+        failed: list[tuple[JobRecord, str]] = []
+        xid_cur = None
+        token = new_token()
+        recorded = leased = False
+        finished: list[int] = []  # jobs whose outcome is committed
+        limits: str | None = None  # Postgres's limits set in this transaction (ms), if any
+        pid = 0
+        try:
+            with conn.pipeline():
+                tx.__enter__()
+                cur = conn.execute(q.DEQUEUE, (self.batch_size, self.queues, self._names))
+                if self.batch_size > 1:
+                    # Claiming a job assigned the xid (row locks); none claimed: NULL.
+                    xid_cur = conn.execute(q.CURRENT_XACT_ID)
+                conn.execute(q.SAVEPOINT)
+            jobs = [JobRecord.from_row(row) for row in cur.fetchall()]
+            if not jobs:
+                tx.__exit__(None, None, None)
+                return False
+            if self.lease is not None and jobs[0].name not in BUILTIN_NAMES:
+                leased = True
+                _lease.claim_and_run(self, conn, tx, jobs[0], slot)
+                return True
+            # Sent before any handler runs: if one kills the process, the next
+            # dequeue finds the start unfinished and counts the crash.
+            self._supervisor.start_claim(jobs, token)
+            recorded = True
+            ids = [job.id for job in jobs]
+            for index, job in enumerate(jobs):
+                if index:
+                    conn.execute(q.RELEASE_AND_SAVEPOINT)
+                timeout = self._timeout_of(job)
+                before = limits
+                if timeout is not None and limits != server_limit_ms(timeout):
+                    limits = server_limit_ms(timeout)
+                    row = conn.execute(q.SET_TIMEOUTS, (limits, limits)).fetchone()
+                    pid = row[2] if row else 0
+                elif timeout is None and limits is not None:
+                    conn.execute(q.RESET_TIMEOUTS)
+                    limits = None
+                watch = None
+                if timeout is not None:
+                    watch = self._supervisor.arm(
+                        slot, job, ids=ids, token=token, pid=pid, timeout=timeout
+                    )
+                try:
+                    error, result = self._run_handler(conn, job)
+                finally:
+                    if watch is not None and self._supervisor.disarm(watch):
+                        self._abandon(conn, job)
+                if error is None:
+                    done.append((job, result))
+                elif conn.info.transaction_status == TransactionStatus.IDLE:
+                    # The handler ended the transaction itself with raw SQL. A
+                    # COMMIT committed the jobs before it: complete them apart.
+                    # A ROLLBACK undid their writes: leave them to run again.
+                    # Failures are recorded either way; the rest of the batch
+                    # is free again, and its starts were not crashes.
+                    tx.__exit__(None, None, None)
+                    if done and not self._committed(conn, xid_cur):
+                        done = []
+                    self._finish_apart(conn, done, [*failed, (job, error)])
+                    finished = [j.id for j, _ in done] + [j.id for j, _ in failed] + [job.id]
+                    self._supervisor.forget_starts([i for i in ids if i not in finished], token)
+                    return True
+                else:
+                    conn.execute(q.ROLLBACK_TO_SAVEPOINT)
+                    limits = before
+                    failed.append((job, error))
+            now = datetime.now(UTC)
+            with conn.pipeline():
+                if done:
+                    conn.execute(
+                        q.COMPLETE_MANY,
+                        (
+                            [job.id for job, _ in done],
+                            [result for _, result in done],
+                            [next_run(job, now) for job, _ in done],
+                        ),
+                    )
+                fails = [
+                    conn.execute(q.FAIL, (job.id, error, next_run(job, now)))
+                    for job, error in failed
+                ]
+                tx.__exit__(None, None, None)
+            finished = ids
+        except _Abandoned:
+            raise
+        except BaseException as exc:
+            if tx.status == Transaction.Status.ACTIVE:
+                if (
+                    recorded
+                    and isinstance(exc, Exception)
+                    and not isinstance(exc, psycopg.OperationalError)
+                ):
+                    # The worker gives these attempts up itself (a bug of ours,
+                    # a server error): not crashes of the jobs.
+                    self._supervisor.forget_starts([job.id for job in jobs], token)
+                tx.__exit__(type(exc), exc, exc.__traceback__)
+            elif (
+                jobs
+                and not leased
+                and isinstance(exc, psycopg.Error)
+                and not isinstance(exc, psycopg.OperationalError)
+            ):
+                # The commit itself failed (a deferred constraint, say): the
+                # server rolled everything back. Count every attempt on its own.
+                self._rollback_if_open(conn)
+                self._finish_apart(conn, [], [(job, _describe(exc)) for job in jobs])
+                return True
+            raise
+        finally:
+            if recorded:
+                self._supervisor.end_claim(token, finished=finished)
+        for job, _ in done:
+            self._log_done(job)
+        for (job, error), fail in zip(failed, fails, strict=True):
+            self._log_failure(job, error, fail.fetchone())
+        return True
+
+    def _finish_apart(
+        self,
+        conn: psycopg.Connection[Any],
+        done: list[tuple[JobRecord, str | None]],
+        failed: list[tuple[JobRecord, str]],
+    ) -> None:
+        """Record completions and failed attempts in a transaction of their own."""
+        now = datetime.now(UTC)
+        with conn.transaction():
+            for job, result in done:
+                conn.execute(q.COMPLETE, (job.id, result, next_run(job, now)))
+            rows = [
+                conn.execute(q.FAIL, (job.id, error, next_run(job, now))).fetchone()
+                for job, error in failed
+            ]
+        for job, _ in done:
+            self._log_done(job)
+        for (job, error), row in zip(failed, rows, strict=True):
+            self._log_failure(job, error, row)
+
+    def _log_done(self, job: JobRecord) -> None:
+        if job.name not in BUILTIN_NAMES:  # pgqueue's own jobs are not counted
+            self.stats.add("completed")
+        logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
+
+    def _timeout_of(self, job: JobRecord) -> float | None:
+        """The job's own timeout, else the worker's."""
+        return job.timeout if job.timeout is not None else self.timeout
+
+    def _abandon(self, conn: psycopg.Connection[Any], job: JobRecord) -> NoReturn:
+        """The watchdog has ended ``job``'s attempt: drop the slot's connection and claim."""
+        with contextlib.suppress(Exception):
+            conn.close()
+        raise _Abandoned(f"job {job.id} timed out")
+
+    def _call_handler(
+        self, conn: psycopg.Connection[Any], job: JobRecord
+    ) -> tuple[str | None, object]:
+        """Call the job's handler: (None, its return value), or (error text, None) if it raised."""
+        handler: Handler
+        if job.name in BUILTIN_NAMES:
+            handler = run_builtin
+        elif isinstance(self._handler, Mapping):
+            handler = self._handler[job.name]
+        else:
+            handler = self._handler
+        started = time.monotonic()
+        try:
+            return None, handler(conn, job)
+        except JobFailed as exc:
+            return _storable(str(exc)) or "job failed", None
+        except psycopg.ProgrammingError as exc:
+            if "forbidden within a Transaction" not in str(exc):
+                return _describe(exc), None
+            return (
+                "RuntimeError: the handler tried to end the job's transaction (conn.commit() or "
+                "conn.rollback()); the worker commits it when the handler returns "
+                "and rolls it back when the handler raises\n\n" + _describe(exc),
+                None,
+            )
+        except Exception as exc:
+            timeout = self._timeout_of(job)
+            if timeout is not None and time.monotonic() - started >= timeout:
+                # Postgres's own limit (the backstop) ended a statement first.
+                return _storable(
+                    f"JobTimeout: timed out after {timeout:g} s\n\n{_describe(exc)}"
+                ), None
+            return _describe(exc), None
+
+    def _run_handler(
+        self, conn: psycopg.Connection[Any], job: JobRecord
+    ) -> tuple[str | None, str | None]:
+        """Run the job's handler in its transaction: (None, result) on success, (error text, None) on failure."""
+        error, value = self._call_handler(conn, job)
+        if error is not None:
+            return error, None
+        status = conn.info.transaction_status
+        if status == TransactionStatus.IDLE:
+            return (
+                "RuntimeError: the handler committed or rolled back the job's transaction; "
+                "handlers must leave it open (use conn.transaction() for savepoints)",
+                None,
+            )
+        if status == TransactionStatus.INERROR:
+            return (
+                "RuntimeError: a statement in the handler failed and the error was caught, "
+                "leaving the job's transaction aborted",
+                None,
+            )
+        return None, value if isinstance(value, str) else None
+
+    @staticmethod
+    def _committed(conn: psycopg.Connection[Any], xid_cur: psycopg.Cursor[Any] | None) -> bool:
+        """Whether the batch's transaction (already ended) committed."""
+        row = xid_cur.fetchone() if xid_cur is not None else None
+        if row is None or row[0] is None:
+            return False
+        state = conn.execute(q.XACT_STATUS, (row[0],)).fetchone()
+        return state is not None and state[0] == "committed"
+
+    @staticmethod
+    def _rollback_if_open(conn: psycopg.Connection[Any]) -> None:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute(q.ROLLBACK)
+
+    def _log_failure(self, job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
+        if job.name not in BUILTIN_NAMES:
+            self.stats.add("failed" if row is not None and row[0] == "failed" else "retried")
+        if row is None:
+            logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
+        elif row[0] == "failed":
+            logger.error(
+                "job %d (%s) failed for good after %d attempt(s): %s",
+                job.id,
+                job.name,
+                row[2],
+                error.splitlines()[0],
+                extra=_extra(job, "fail"),
+            )
+        else:
+            logger.warning(
+                "job %d (%s) failed (attempt %d), retrying at %s: %s",
+                job.id,
+                job.name,
+                row[2],
+                row[1].isoformat(),
+                error.splitlines()[0],
+                extra=_extra(job, "retry"),
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    """The error text kept on the job: 'Type: message', then the traceback."""
+    try:
+        head = f"{type(exc).__qualname__}: {exc}"
+    except Exception:
+        head = f"{type(exc).__qualname__}: <str() failed>"
+    trace = "".join(traceback.format_exception(exc))
+    return _storable(f"{head}\n\n{trace}")
+
+
+def _storable(text: str) -> str:
+    """Error text Postgres can store: at most 16,000 characters, NUL and lone surrogates
+    escaped (or the failure could not be recorded and the job would be retried at once, forever)."""
+    text = text[:_MAX_ERROR_LENGTH]
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _extra(job: JobRecord, action: str) -> dict[str, Any]:
+    return {"job_id": job.id, "queue": job.queue, "job_name": job.name, "action": action}

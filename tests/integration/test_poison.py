@@ -1,0 +1,208 @@
+"""Poison jobs: a handler that kills its worker process every time fails after max_attempts,
+with an error that says so, waits out its retry delay between attempts, and never takes the
+other jobs down with it (real worker processes, really killed)."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from worker_helpers import DEADLINE, create_results_table, result_ids
+
+import pgqueue
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import signal
+    import sys
+    import time
+
+    import pgqueue
+
+    dsn, log, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    batch_size, parallel_count = int(sys.argv[4]), int(sys.argv[5])
+
+
+    def handler(conn, job):
+        if job.name == "poison":
+            with open(log, "a") as f:
+                f.write(f"{time.time()}\\n")
+            if mode == "exit":
+                os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(job.data.get("sleep", 0))
+        conn.execute("INSERT INTO results (job_id, note) VALUES (%s, 'done')", (job.id,))
+
+
+    worker = pgqueue.JobQueueWorker(
+        dsn, handler=handler, poll_interval=0.05, batch_size=batch_size,
+        parallel_count=parallel_count,
+    )
+    worker.start()
+    time.sleep(600)
+    """
+)
+
+
+def run_until(
+    dsn: str,
+    tmp_path: Path,
+    done: Any,
+    *,
+    mode: str = "exit",
+    batch_size: int = 1,
+    parallel_count: int = 1,
+) -> tuple[int, list[float]]:
+    """Run worker processes one after the other (a new one each time one dies, as a process
+    supervisor would) until ``done()``; return how many died and when the poison job started."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    log = tmp_path / "poison.log"
+    deaths = 0
+    deadline = time.monotonic() + DEADLINE
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {DEADLINE:.0f} s ({deaths} deaths)"
+        proc = subprocess.Popen(
+            [sys.executable, str(script), dsn, str(log), mode, str(batch_size), str(parallel_count)]
+        )
+        try:
+            while proc.poll() is None and not done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+            else:
+                assert proc.returncode in (1, -signal.SIGKILL), proc.returncode
+                deaths += 1
+    starts = [float(line) for line in log.read_text().split()] if log.exists() else []
+    return deaths, starts
+
+
+def statuses(conn: psycopg.Connection[Any], ids: list[int]) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT status FROM pgqueue.jobs WHERE id = ANY (%s) ORDER BY id", (ids,)
+        )
+    ]
+
+
+@pytest.mark.parametrize("mode", ["exit", "sigkill"])
+def test_a_poison_job_fails_after_max_attempts_and_the_others_complete(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, mode: str
+) -> None:
+    create_results_table(conn)
+    delay = 1.0
+    poison = pgqueue.add_job_to_queue(
+        conn,
+        name="poison",
+        priority=0,  # first in line, every time it is due
+        max_attempts=3,
+        retry={"backoff": "fixed", "delay": delay, "jitter": 0},
+    )
+    others = pgqueue.add_jobs_to_queue(conn, [{"name": "work", "priority": 1} for _ in range(6)])
+
+    def done() -> bool:
+        return statuses(conn, [poison]) == ["failed"] and set(statuses(conn, others)) == {
+            "completed"
+        }
+
+    deaths, starts = run_until(dsn, tmp_path, done, mode=mode)
+
+    # One death per attempt, no more: it did not loop.
+    assert deaths == 3
+    assert len(starts) == 3
+    # Each crashed attempt counted for the backoff too: the next waited out the delay.
+    assert all(later - earlier >= delay for earlier, later in itertools.pairwise(starts))
+    job = pgqueue.get_job(conn, poison)
+    assert job is not None
+    assert (job.status, job.attempts, job.crashes) == (pgqueue.JobStatus.FAILED, 3, 3)
+    assert job.last_error is not None
+    assert job.last_error.startswith(
+        "WorkerCrashed: the worker running this job died (crashed attempt 3 of 3)"
+    )
+    # The others were not starved (they ran while the poison job waited) nor blamed.
+    assert result_ids(conn) == others
+    for job_id in others:
+        other = pgqueue.get_job(conn, job_id)
+        assert other is not None
+        assert (other.attempts, other.crashes, other.last_error) == (1, 0, None)
+    assert conn.execute("SELECT count(*) FROM pgqueue.job_starts").fetchone() == (0,)
+
+
+def test_a_crashed_batch_blames_nobody_and_its_jobs_run_alone(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    create_results_table(conn)
+    retry = {"backoff": "fixed", "delay": 0.2, "jitter": 0}
+    first = pgqueue.add_jobs_to_queue(conn, [{"name": "work"} for _ in range(2)])
+    poison = pgqueue.add_job_to_queue(conn, name="poison", max_attempts=2, retry=retry)
+    rest = pgqueue.add_jobs_to_queue(conn, [{"name": "work"} for _ in range(2)])
+    others = first + rest
+
+    def done() -> bool:
+        return statuses(conn, [poison]) == ["failed"] and set(statuses(conn, others)) == {
+            "completed"
+        }
+
+    deaths, _ = run_until(dsn, tmp_path, done, batch_size=5)
+
+    # The batch died with it once (nobody knew whose handler it was), then it ran alone.
+    assert deaths == 1 + 2
+    job = pgqueue.get_job(conn, poison)
+    assert job is not None
+    assert (job.status, job.attempts, job.crashes) == (pgqueue.JobStatus.FAILED, 2, 3)
+    assert job.last_error is not None
+    assert "crashed attempt 2 of 2" in job.last_error
+    assert result_ids(conn) == others
+    for job_id in others:
+        other = pgqueue.get_job(conn, job_id)
+        assert other is not None
+        # Its first attempt died with the batch: a crash, not an attempt, and no error.
+        assert (other.attempts, other.crashes, other.last_error) == (1, 1, None)
+
+
+def test_jobs_running_beside_a_poison_job_are_not_blamed(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    create_results_table(conn)
+    slow = pgqueue.add_jobs_to_queue(
+        conn, [{"name": "work", "priority": 0, "data": {"sleep": 1.0}} for _ in range(2)]
+    )
+    poison = pgqueue.add_job_to_queue(
+        conn,
+        name="poison",
+        priority=1,
+        max_attempts=2,
+        retry={"backoff": "fixed", "delay": 0.2, "jitter": 0},
+        scheduled_at=timedelta(seconds=0.3),  # starts while the slow ones run
+    )
+
+    def done() -> bool:
+        return statuses(conn, [poison]) == ["failed"] and set(statuses(conn, slow)) == {"completed"}
+
+    deaths, _ = run_until(dsn, tmp_path, done, parallel_count=3)
+
+    # Its first crash took the slow jobs down too: nobody was blamed. Then it ran in
+    # quarantine (alone in its process) and was blamed each time.
+    assert deaths == 1 + 2
+    job = pgqueue.get_job(conn, poison)
+    assert job is not None
+    assert (job.status, job.attempts) == (pgqueue.JobStatus.FAILED, 2)
+    for job_id in slow:
+        other = pgqueue.get_job(conn, job_id)
+        assert other is not None
+        assert (other.status, other.attempts, other.crashes) == ("completed", 1, 1)
+        assert other.last_error is None
+    assert result_ids(conn) == slow
