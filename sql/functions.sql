@@ -217,6 +217,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
 BEGIN
+    -- Its own transaction on the supervisor's side connection: no need to wait
+    -- for the WAL flush. A start must outlive the worker process, not the
+    -- server (whose crash ends the job's transaction too, not the job's fault),
+    -- and the job's own commit flushes the WAL past it anyway.
+    PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
     IF cardinality(p_done_ids) > 0 THEN
         DELETE FROM pgqueue.job_starts s
         USING unnest(p_done_ids, p_done_tokens) AS d(id, token)

@@ -33,13 +33,27 @@ WORKER_SCRIPT = textwrap.dedent(
     batch_size, parallel_count = int(sys.argv[4]), int(sys.argv[5])
 
 
+    def others_started(count):
+        try:
+            with open(log + ".work") as f:
+                return len(f.read().split()) >= count
+        except FileNotFoundError:
+            return False
+
+
     def handler(conn, job):
         if job.name == "poison":
+            # Waits (a little) for the jobs it must crash beside to be in their handlers.
+            deadline = time.monotonic() + 10
+            while not others_started(job.data.get("beside", 0)) and time.monotonic() < deadline:
+                time.sleep(0.01)
             with open(log, "a") as f:
                 f.write(f"{time.time()}\\n")
             if mode == "exit":
                 os._exit(1)
             os.kill(os.getpid(), signal.SIGKILL)
+        with open(log + ".work", "a") as f:
+            f.write(f"{job.id}\\n")
         time.sleep(job.data.get("sleep", 0))
         conn.execute("INSERT INTO results (job_id, note) VALUES (%s, 'done')", (job.id,))
 
@@ -187,6 +201,7 @@ def test_jobs_running_beside_a_poison_job_are_not_blamed(
         max_attempts=2,
         retry={"backoff": "fixed", "delay": 0.2, "jitter": 0},
         scheduled_at=timedelta(seconds=0.3),  # starts while the slow ones run
+        data={"beside": 2},  # and kills its process once they are in their handlers
     )
 
     def done() -> bool:
