@@ -87,6 +87,7 @@ def results(ids: dict[str, Any]) -> dict[str, Any]:
         ("later", tasks.add),
         ("double", tasks.double),
         ("unserialisable", tasks.unserialisable),
+        ("wait_for", tasks.wait_for),
     ):
         if key not in ids:
             continue
@@ -139,6 +140,8 @@ def explode_once() -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1] == "enqueue":
         print(json.dumps(enqueue()))
+    elif sys.argv[1] == "wait":
+        print(json.dumps({"wait_for": tasks.wait_for.enqueue(sys.argv[2]).id}))
     elif sys.argv[1] == "explode":
         print(json.dumps(explode_once()))
     else:

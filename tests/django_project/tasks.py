@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from django.db import connection
@@ -49,3 +51,13 @@ async def double(x: int) -> int:
 @task
 def unserialisable() -> object:
     return object()
+
+
+@task
+def wait_for(path: str) -> str:
+    deadline = time.monotonic() + 60
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.05)
+    return "released"

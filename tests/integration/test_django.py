@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +237,56 @@ def test_a_failed_attempt_with_attempts_left_reads_as_ready_with_its_error(
     [error] = waiting["errors"]
     assert error["path"] == "builtins.ValueError"
     assert "ValueError: first try" in error["traceback"]
+
+
+def test_a_task_that_runs_now_reads_as_running(dsn: str, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    ids = _step(dsn, "wait", str(release))
+    log = tmp_path / "worker.log"
+    with (
+        log.open("w") as output,
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgqueue",
+                "work",
+                "--app",
+                "pgqueue.django:handlers",
+                "--dsn",
+                dsn,
+            ],
+            env=_env(dsn),
+            cwd=TESTS,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        ) as worker,
+    ):
+        _watch_running(dsn, ids, release, worker, log)
+
+
+def _watch_running(
+    dsn: str, ids: dict[str, Any], release: Path, worker: subprocess.Popen[bytes], log: Path
+) -> None:
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while (status := _step(dsn, "results", json.dumps(ids))["wait_for"])["status"] == "READY":
+            assert time.monotonic() < deadline, "the worker never started the task"
+            assert worker.poll() is None, log.read_text()
+        assert status["status"] == "RUNNING"
+        assert status["attempts"] == 1
+        assert status["is_finished"] is False
+        release.touch()
+        while (status := _step(dsn, "results", json.dumps(ids))["wait_for"])[
+            "status"
+        ] != "SUCCESSFUL":
+            assert status["status"] == "RUNNING"
+            assert time.monotonic() < deadline, "the task never finished"
+        assert status["return_value"] == "released"
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
