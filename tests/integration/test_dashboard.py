@@ -219,9 +219,13 @@ def test_run_now_on_a_recurring_schedule_enqueues_its_job_and_keeps_the_schedule
     after = pgqueue.get_job(conn, recurring)
     assert after is not None
     assert after.scheduled_at == before.scheduled_at
-    enqueued = pgqueue.list_jobs(conn, name="nightly")
-    assert [(j.status, j.scheduled_at <= after.created_at + timedelta(hours=1)) for j in enqueued]
-    assert len(enqueued) == 1
+    [enqueued] = pgqueue.list_jobs(conn, name="nightly")
+    assert enqueued.status == "pending"
+    due = conn.execute(
+        "SELECT scheduled_at <= now() FROM pgqueue.jobs WHERE id = %s", (enqueued.id,)
+    )
+    assert due.fetchone() == (True,)
+    assert f"job={enqueued.id}" not in response.headers["location"]  # the schedule's id is shown
 
 
 def test_run_job_now_in_python(conn):
