@@ -19,6 +19,7 @@ from .admin import (
     retry_failed_jobs,
     retry_job,
     run_cleanup,
+    run_job_now,
 )
 from .errors import (
     ConfigurationError,
@@ -96,5 +97,6 @@ __all__ = [
     "retry_failed_jobs",
     "retry_job",
     "run_cleanup",
+    "run_job_now",
     "task",
 ]

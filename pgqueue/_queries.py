@@ -58,6 +58,42 @@ LIST_JOBS: Final = (
     " ORDER BY id DESC LIMIT %(limit)s"
 )
 
+RUN_JOB_NOW: Final = "SELECT pgqueue.run_job_now(%s)"
+
+# The dashboard (pgqueue.dashboard); its counts are STATUS_COUNTS.
+# Jobs finished per minute over the last %(minutes)s minutes, oldest first, one row per minute
+# (zeros included). Completed and failed rows are stamped with updated_at when they finish
+# (jobs_finished_idx); failed counts jobs that failed for good, not attempts that will retry.
+THROUGHPUT: Final = (
+    "WITH minutes AS ("
+    " SELECT generate_series(date_trunc('minute', now()) - make_interval(mins => %(minutes)s::integer - 1),"
+    " date_trunc('minute', now()), interval '1 minute') AS minute),"
+    " done AS ("
+    " SELECT date_trunc('minute', j.updated_at) AS minute,"
+    " count(*) FILTER (WHERE j.status = 'completed') AS completed,"
+    " count(*) FILTER (WHERE j.status = 'failed') AS failed"
+    " FROM pgqueue.jobs j"
+    " WHERE j.status IN ('completed', 'failed')"
+    " AND j.updated_at >= date_trunc('minute', now()) - make_interval(mins => %(minutes)s::integer - 1)"
+    " GROUP BY 1)"
+    " SELECT m.minute, coalesce(d.completed, 0), coalesce(d.failed, 0)"
+    " FROM minutes m LEFT JOIN done d USING (minute)"
+    " ORDER BY m.minute"
+)
+# What repeats, by next run: built-in recurring rows (the target job's name, its interval or
+# schedule) and pending jobs with a schedule of their own.
+SCHEDULES: Final = (
+    "SELECT j.id, j.queue,"
+    " CASE WHEN j.name = 'pgqueue.recurring' THEN j.data ->> 'name' ELSE j.name END,"
+    " CASE WHEN j.name = 'pgqueue.recurring' THEN coalesce(j.data -> 'schedule', j.data -> 'interval')"
+    " ELSE j.schedule END,"
+    " j.scheduled_at"
+    " FROM pgqueue.jobs j"
+    " WHERE j.status = 'pending' AND (j.name = 'pgqueue.recurring' OR j.schedule IS NOT NULL)"
+    " ORDER BY j.scheduled_at, j.id"
+    " LIMIT %(limit)s"
+)
+
 # The worker's transaction, in the order it sends them.
 BEGIN: Final = "BEGIN"
 DEQUEUE: Final = "SELECT " + JOB_COLUMNS + " FROM pgqueue.dequeue(%s, %s, %s)"  # noqa: S608 (constants)

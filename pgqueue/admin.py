@@ -27,6 +27,7 @@ __all__ = [
     "retry_failed_jobs",
     "retry_job",
     "run_cleanup",
+    "run_job_now",
 ]
 
 _FINISHED: Final = ("completed", "failed", "cancelled")
@@ -91,6 +92,21 @@ def retry_failed_jobs(sql: SqlTarget, *, name: str | None = None, queue: str | N
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def run_job_now(sql: SqlTarget, job_id: int) -> int | None:
+    """Run a pending job now instead of at its scheduled time; return the id of the job that will run.
+
+    For a recurring schedule (the id of a ``pgqueue.recurring`` job, as
+    returned by :func:`add_recurring_job_to_queue`) its target job is
+    enqueued now and the schedule keeps its next run: the new job's id is
+    returned. Any other pending job becomes due now and its own id is
+    returned. None when the job is unknown, running, or not pending.
+    """
+    check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
+    with connection(sql) as conn, translate_errors():
+        row = conn.execute(q.RUN_JOB_NOW, (job_id,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def clear_jobs(sql: SqlTarget, *, queue: str | None = None) -> int:

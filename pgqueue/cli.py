@@ -1,7 +1,8 @@
 """The ``pgqueue`` command: its argument parser, ``migrate``, ``demo`` and ``main``.
 
 One function per sub-command: ``migrate`` and ``demo`` here; ``status``,
-``jobs``, ``clear``, ``retry`` and ``cancel`` in :mod:`pgqueue._cli_jobs`; the
+``jobs``, ``clear``, ``retry`` and ``cancel`` in :mod:`pgqueue._cli_jobs`;
+``dashboard`` in :mod:`pgqueue._cli_dashboard`; the
 job runner (``work``, ``workoff``, ``start``, ``stop``, ``restart``) in
 :mod:`pgqueue.runner`.
 Every option can also come from a ``PGQUEUE_<NAME>`` environment variable
@@ -19,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from . import __version__
+from ._cli_dashboard import add_dashboard_command
 from ._cli_jobs import cmd_cancel, cmd_clear, cmd_jobs, cmd_retry, cmd_status
 from ._cli_options import (
     add_app,
@@ -335,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_runner_commands(commands)
     _add_admin_commands(commands)
+    add_dashboard_command(commands, _command)
     sub = _command(
         commands,
         "demo",

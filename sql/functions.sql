@@ -1095,6 +1095,44 @@ END;
 $$;
 
 
+-- Run a pending job now instead of at its scheduled_at (the dashboard's "run
+-- now"). A recurring row (pgqueue.recurring) is left where it is and its
+-- target job is enqueued now, as pgqueue.run_recurring does, so the
+-- schedule keeps its rhythm; any other pending job that no worker holds
+-- (running as in cancel_jobs) becomes due now. Returns the id of the job
+-- that will run (the target job's for a recurring row), NULL when p_id is
+-- unknown, running or not pending.
+CREATE OR REPLACE FUNCTION pgqueue.run_job_now(p_id bigint) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+DECLARE
+    v_job pgqueue.jobs;
+    v_id bigint;
+BEGIN
+    SELECT * INTO v_job FROM pgqueue.jobs j
+    WHERE j.id = p_id AND j.status = 'pending'
+      AND (j.id % 2147483648) NOT IN (SELECT pgqueue.running_keys())
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF v_job.name = 'pgqueue.recurring' THEN
+        -- The insert trigger sends the NOTIFY.
+        INSERT INTO pgqueue.jobs (queue, name, data, priority)
+        VALUES (v_job.queue, v_job.data ->> 'name', coalesce(v_job.data -> 'data', '{}'),
+                v_job.priority + 1)
+        RETURNING id INTO v_id;
+        RETURN v_id;
+    END IF;
+    IF v_job.scheduled_at > now() THEN
+        UPDATE pgqueue.jobs SET scheduled_at = now(), updated_at = now() WHERE id = p_id;
+        PERFORM pg_catalog.pg_notify('pgqueue_jobs', v_job.queue);
+    END IF;
+    RETURN p_id;
+END;
+$$;
+
 -- Delete finished jobs older than their clean-up rule (by name and status,
 -- falling back to the '*' rule of that status; no rule: kept), and start
 -- records of jobs that are no longer pending or running (a job cancelled or

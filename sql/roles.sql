@@ -24,7 +24,7 @@
 -- grants below are what allows or refuses. EXECUTE on functions stays
 -- granted to PUBLIC (Postgres's default); the grants below name every
 -- function each role calls, so both keep working if you revoke that.
--- Operations not granted to either (cancel, retry, clear, configure_queue,
+-- Operations not granted to either (cancel, retry, run now, clear, configure_queue,
 -- register_cleanup, add_recurring_job_to_queue, migrate) are for the owner
 -- of the schema or another administrative role.
 
@@ -94,7 +94,7 @@ GRANT SELECT ON pgqueue.queues, pgqueue.cleanup_rules TO pgqueue_worker;
 
 -- The functions each role calls, by name (every overload). Granted to
 -- neither (administration, for the schema's owner): add_recurring,
--- cancel_job, cancel_jobs, clear_jobs, configure_queue, retry_jobs; and
+-- cancel_job, cancel_jobs, clear_jobs, configure_queue, retry_jobs, run_job_now; and
 -- notify_jobs is the NOTIFY trigger's function, which needs no grant.
 DO $$
 DECLARE
