@@ -9,6 +9,7 @@ from typing import Any, Final
 from . import _queries as q
 from ._db import SqlTarget, connection, translate_errors
 from ._input import MAX_NAME_BYTES, check_int, check_text, dump_data
+from ._sansio import Fetch, Steps, blocking
 from ._show import show
 from .builtins import CLEANUP_JOB_NAME
 from .errors import InvalidJobError
@@ -32,13 +33,12 @@ __all__ = [
 _FINISHED: Final = ("completed", "failed", "cancelled")
 
 
-def cancel_jobs(
-    sql: SqlTarget,
+def _cancel_jobs(
     name: str | None = None,
     data: Any = None,
     *,
     queue: str | None = None,
-) -> int:
+) -> Steps[int]:
     """Cancel pending jobs of ``name`` (and ``queue``) whose data contains ``data``; return how many.
 
     ``data`` matches by JSON containment: ``{"shop_id": 1}`` matches
@@ -46,51 +46,57 @@ def cancel_jobs(
     interrupted (and not cancelled). With no filter at all every pending job
     is cancelled.
     """
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(
-            q.CANCEL_JOBS,
-            (
-                None if name is None else check_text("name", name),
-                None if data is None else dump_data(data),
-                None if queue is None else check_text("queue", queue),
-            ),
-        ).fetchone()
-    assert row is not None
+    row = yield Fetch(
+        q.CANCEL_JOBS,
+        (
+            None if name is None else check_text("name", name),
+            None if data is None else dump_data(data),
+            None if queue is None else check_text("queue", queue),
+        ),
+    )
     return int(row[0])
 
 
-def cancel_job(sql: SqlTarget, job_id: int) -> bool:
+cancel_jobs = blocking(_cancel_jobs)
+
+
+def _cancel_job(job_id: int) -> Steps[bool]:
     """Cancel one pending job; False when it is unknown, running or already finished."""
     check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.CANCEL_JOB, (job_id,)).fetchone()
+    row = yield Fetch(q.CANCEL_JOB, (job_id,))
     return bool(row and row[0])
 
 
-def retry_job(sql: SqlTarget, job_id: int) -> bool:
+cancel_job = blocking(_cancel_job)
+
+
+def _retry_job(job_id: int) -> Steps[bool]:
     """Make a failed or cancelled job pending again, due now; False if it is neither.
 
     A job that used up its attempts gets one more.
     """
     check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.RETRY_JOBS, ([job_id], None, None)).fetchone()
+    row = yield Fetch(q.RETRY_JOBS, ([job_id], None, None))
     return bool(row and row[0])
 
 
-def retry_failed_jobs(sql: SqlTarget, *, name: str | None = None, queue: str | None = None) -> int:
+retry_job = blocking(_retry_job)
+
+
+def _retry_failed_jobs(*, name: str | None = None, queue: str | None = None) -> Steps[int]:
     """Retry every failed or cancelled job (of ``name``, in ``queue``); return how many."""
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(
-            q.RETRY_JOBS,
-            (
-                None,
-                None if name is None else check_text("name", name),
-                None if queue is None else check_text("queue", queue),
-            ),
-        ).fetchone()
-    assert row is not None
+    row = yield Fetch(
+        q.RETRY_JOBS,
+        (
+            None,
+            None if name is None else check_text("name", name),
+            None if queue is None else check_text("queue", queue),
+        ),
+    )
     return int(row[0])
+
+
+retry_failed_jobs = blocking(_retry_failed_jobs)
 
 
 def clear_jobs(sql: SqlTarget, *, queue: str | None = None) -> int:
