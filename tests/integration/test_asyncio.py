@@ -349,3 +349,23 @@ def test_an_async_worker_killed_mid_job_loses_nothing(conn, dsn, tmp_path):
     assert job.attempts == 2
     assert job.last_error is not None
     assert "the worker running this job died (crashed attempt 1 of 5)" in job.last_error
+
+
+def test_an_async_handler_may_not_end_the_jobs_transaction(dsn, conn):
+    create_results_table(conn)
+    job_id = pgqueue.add_job_to_queue(conn, name="rude", max_attempts=1)
+
+    async def rude(aconn: psycopg.AsyncConnection[Any], job: pgqueue.JobRecord) -> None:
+        await aconn.execute("INSERT INTO results (job_id) VALUES (%s)", (job.id,))
+        await aconn.commit()
+
+    async def main() -> None:
+        async with aio.AsyncJobQueueWorker(dsn, handler=rude, poll_interval=0.1):
+            await eventually(lambda: status(conn, job_id) == "failed", "the attempt to fail")
+
+    asyncio.run(main())
+    job = pgqueue.get_job(conn, job_id)
+    assert job is not None
+    assert job.last_error is not None
+    assert job.last_error.startswith("RuntimeError: the handler tried to end the job's transaction")
+    assert result_ids(conn) == []
