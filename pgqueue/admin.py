@@ -9,6 +9,7 @@ from typing import Any, Final
 from . import _queries as q
 from ._db import SqlTarget, connection, translate_errors
 from ._input import MAX_NAME_BYTES, check_int, check_text, dump_data
+from ._sansio import Fetch, Steps, blocking
 from ._show import show
 from .builtins import CLEANUP_JOB_NAME
 from .errors import InvalidJobError
@@ -33,13 +34,12 @@ __all__ = [
 _FINISHED: Final = ("completed", "failed", "cancelled")
 
 
-def cancel_jobs(
-    sql: SqlTarget,
+def _cancel_jobs(
     name: str | None = None,
     data: Any = None,
     *,
     queue: str | None = None,
-) -> int:
+) -> Steps[int]:
     """Cancel pending jobs of ``name`` (and ``queue``) whose data contains ``data``; return how many.
 
     ``data`` matches by JSON containment: ``{"shop_id": 1}`` matches
@@ -47,54 +47,60 @@ def cancel_jobs(
     interrupted (and not cancelled). With no filter at all every pending job
     is cancelled.
     """
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(
-            q.CANCEL_JOBS,
-            (
-                None if name is None else check_text("name", name),
-                None if data is None else dump_data(data),
-                None if queue is None else check_text("queue", queue),
-            ),
-        ).fetchone()
-    assert row is not None
+    row = yield Fetch(
+        q.CANCEL_JOBS,
+        (
+            None if name is None else check_text("name", name),
+            None if data is None else dump_data(data),
+            None if queue is None else check_text("queue", queue),
+        ),
+    )
     return int(row[0])
 
 
-def cancel_job(sql: SqlTarget, job_id: int) -> bool:
+cancel_jobs = blocking(_cancel_jobs)
+
+
+def _cancel_job(job_id: int) -> Steps[bool]:
     """Cancel one pending job; False when it is unknown, running or already finished."""
     check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.CANCEL_JOB, (job_id,)).fetchone()
+    row = yield Fetch(q.CANCEL_JOB, (job_id,))
     return bool(row and row[0])
 
 
-def retry_job(sql: SqlTarget, job_id: int) -> bool:
+cancel_job = blocking(_cancel_job)
+
+
+def _retry_job(job_id: int) -> Steps[bool]:
     """Make a failed or cancelled job pending again, due now; False if it is neither.
 
     A job that used up its attempts gets one more.
     """
     check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.RETRY_JOBS, ([job_id], None, None)).fetchone()
+    row = yield Fetch(q.RETRY_JOBS, ([job_id], None, None))
     return bool(row and row[0])
 
 
-def retry_failed_jobs(sql: SqlTarget, *, name: str | None = None, queue: str | None = None) -> int:
+retry_job = blocking(_retry_job)
+
+
+def _retry_failed_jobs(*, name: str | None = None, queue: str | None = None) -> Steps[int]:
     """Retry every failed or cancelled job (of ``name``, in ``queue``); return how many."""
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(
-            q.RETRY_JOBS,
-            (
-                None,
-                None if name is None else check_text("name", name),
-                None if queue is None else check_text("queue", queue),
-            ),
-        ).fetchone()
-    assert row is not None
+    row = yield Fetch(
+        q.RETRY_JOBS,
+        (
+            None,
+            None if name is None else check_text("name", name),
+            None if queue is None else check_text("queue", queue),
+        ),
+    )
     return int(row[0])
 
 
-def run_job_now(sql: SqlTarget, job_id: int) -> int | None:
+retry_failed_jobs = blocking(_retry_failed_jobs)
+
+
+def _run_job_now(job_id: int) -> Steps[int | None]:
     """Run a pending job now instead of at its scheduled time; return the id of the job that will run.
 
     For a recurring schedule (the id of a ``pgqueue.recurring`` job, as
@@ -104,9 +110,11 @@ def run_job_now(sql: SqlTarget, job_id: int) -> int | None:
     returned. None when the job is unknown, running, or not pending.
     """
     check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.RUN_JOB_NOW, (job_id,)).fetchone()
+    row = yield Fetch(q.RUN_JOB_NOW, (job_id,))
     return None if row is None or row[0] is None else int(row[0])
+
+
+run_job_now = blocking(_run_job_now)
 
 
 def clear_jobs(sql: SqlTarget, *, queue: str | None = None) -> int:

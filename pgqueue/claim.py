@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias, TypeGuard, TypeVar
 
 import psycopg
 from psycopg import Transaction
@@ -179,21 +179,10 @@ class ClaimRunner:
             raise
         except BaseException as exc:
             if tx.status == Transaction.Status.ACTIVE:
-                if (
-                    recorded
-                    and isinstance(exc, Exception)
-                    and not isinstance(exc, psycopg.OperationalError)
-                ):
-                    # The worker gives these attempts up itself (a bug of ours,
-                    # a server error): not crashes of the jobs.
+                if recorded and gives_up_itself(exc):
                     self._supervisor.forget_starts([job.id for job in jobs], token)
                 tx.__exit__(type(exc), exc, exc.__traceback__)
-            elif (
-                jobs
-                and not leased
-                and isinstance(exc, psycopg.Error)
-                and not isinstance(exc, psycopg.OperationalError)
-            ):
+            elif jobs and not leased and commit_failed(exc):
                 # The commit itself failed (a deferred constraint, say): the
                 # server rolled everything back. Count every attempt on its own.
                 self._rollback_if_open(conn)
@@ -230,9 +219,7 @@ class ClaimRunner:
             self._log_failure(job, error, row)
 
     def _log_done(self, job: JobRecord) -> None:
-        if job.name not in BUILTIN_NAMES:  # pgqueue's own jobs are not counted
-            self.stats.add("completed")
-        logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
+        log_done(self.stats, job)
 
     def _timeout_of(self, job: JobRecord) -> float | None:
         """The job's own timeout, else the worker's."""
@@ -248,35 +235,12 @@ class ClaimRunner:
         self, conn: psycopg.Connection[Any], job: JobRecord
     ) -> tuple[str | None, object]:
         """Call the job's handler: (None, its return value), or (error text, None) if it raised."""
-        handler: Handler
-        if job.name in BUILTIN_NAMES:
-            handler = run_builtin
-        elif isinstance(self._handler, Mapping):
-            handler = self._handler[job.name]
-        else:
-            handler = self._handler
+        handler = run_builtin if job.name in BUILTIN_NAMES else user_handler(self._handler, job)
         started = time.monotonic()
         try:
             return None, handler(conn, job)
-        except JobFailed as exc:
-            return _storable(str(exc)) or "job failed", None
-        except psycopg.ProgrammingError as exc:
-            if "forbidden within a Transaction" not in str(exc):
-                return _describe(exc), None
-            return (
-                "RuntimeError: the handler tried to end the job's transaction (conn.commit() or "
-                "conn.rollback()); the worker commits it when the handler returns "
-                "and rolls it back when the handler raises\n\n" + _describe(exc),
-                None,
-            )
         except Exception as exc:
-            timeout = self._timeout_of(job)
-            if timeout is not None and time.monotonic() - started >= timeout:
-                # Postgres's own limit (the backstop) ended a statement first.
-                return _storable(
-                    f"JobTimeout: timed out after {timeout:g} s\n\n{_describe(exc)}"
-                ), None
-            return _describe(exc), None
+            return handler_error(exc, self._timeout_of(job), time.monotonic() - started), None
 
     def _run_handler(
         self, conn: psycopg.Connection[Any], job: JobRecord
@@ -285,19 +249,9 @@ class ClaimRunner:
         error, value = self._call_handler(conn, job)
         if error is not None:
             return error, None
-        status = conn.info.transaction_status
-        if status == TransactionStatus.IDLE:
-            return (
-                "RuntimeError: the handler committed or rolled back the job's transaction; "
-                "handlers must leave it open (use conn.transaction() for savepoints)",
-                None,
-            )
-        if status == TransactionStatus.INERROR:
-            return (
-                "RuntimeError: a statement in the handler failed and the error was caught, "
-                "leaving the job's transaction aborted",
-                None,
-            )
+        error = transaction_error(conn.info.transaction_status)
+        if error is not None:
+            return error, None
         return None, value if isinstance(value, str) else None
 
     @staticmethod
@@ -315,29 +269,104 @@ class ClaimRunner:
             conn.execute(q.ROLLBACK)
 
     def _log_failure(self, job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
-        if job.name not in BUILTIN_NAMES:
-            self.stats.add("failed" if row is not None and row[0] == "failed" else "retried")
-        if row is None:
-            logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
-        elif row[0] == "failed":
-            logger.error(
-                "job %d (%s) failed for good after %d attempt(s): %s",
-                job.id,
-                job.name,
-                row[2],
-                error.splitlines()[0],
-                extra=_extra(job, "fail"),
-            )
-        else:
-            logger.warning(
-                "job %d (%s) failed (attempt %d), retrying at %s: %s",
-                job.id,
-                job.name,
-                row[2],
-                row[1].isoformat(),
-                error.splitlines()[0],
-                extra=_extra(job, "retry"),
-            )
+        log_failure(self.stats, job, error, row)
+
+
+# -- what an attempt's outcome means: shared with the asyncio worker (pgqueue.aio) ------------
+
+H = TypeVar("H")
+
+
+def user_handler(handler: H | Mapping[str, H], job: JobRecord) -> H:
+    """The worker's handler for ``job`` (not a built-in job): the one, or the one for its name."""
+    if isinstance(handler, Mapping):
+        return handler[job.name]
+    return handler
+
+
+def gives_up_itself(exc: BaseException) -> bool:
+    """Whether a claim that ends with ``exc`` is given up by the worker itself (a bug of ours, a
+    server error; its starts are forgotten: not crashes of the jobs), rather than by a lost
+    connection (a crash as any other) or an interrupt."""
+    return isinstance(exc, Exception) and not isinstance(exc, psycopg.OperationalError)
+
+
+def commit_failed(exc: BaseException) -> TypeGuard[psycopg.Error]:
+    """Whether ``exc``, raised once the claim's transaction was no longer open, is its commit
+    failing (a deferred constraint, say): the server rolled everything back, and each attempt
+    is counted on its own."""
+    return isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.OperationalError)
+
+
+def handler_error(exc: Exception, timeout: float | None, elapsed: float) -> str:
+    """The error text kept on the job when its handler raised ``exc`` after ``elapsed`` seconds
+    (``timeout``: the attempt's limit, if any)."""
+    if isinstance(exc, JobFailed):
+        return _storable(str(exc)) or "job failed"
+    if isinstance(exc, psycopg.ProgrammingError):
+        if "forbidden within a Transaction" not in str(exc):
+            return _describe(exc)
+        return (
+            "RuntimeError: the handler tried to end the job's transaction (conn.commit() or "
+            "conn.rollback()); the worker commits it when the handler returns "
+            "and rolls it back when the handler raises\n\n" + _describe(exc)
+        )
+    if timeout is not None and elapsed >= timeout:
+        # Postgres's own limit (the backstop) ended a statement first.
+        return _storable(f"JobTimeout: timed out after {timeout:g} s\n\n{_describe(exc)}")
+    return _describe(exc)
+
+
+def transaction_error(status: TransactionStatus) -> str | None:
+    """The error of an attempt whose handler returned leaving its transaction in ``status``;
+    None when the transaction is still open and sound."""
+    if status == TransactionStatus.IDLE:
+        return (
+            "RuntimeError: the handler committed or rolled back the job's transaction; "
+            "handlers must leave it open (use conn.transaction() for savepoints)"
+        )
+    if status == TransactionStatus.INERROR:
+        return (
+            "RuntimeError: a statement in the handler failed and the error was caught, "
+            "leaving the job's transaction aborted"
+        )
+    return None
+
+
+def log_done(stats: WorkerStats, job: JobRecord) -> None:
+    """Count and log a completed job."""
+    if job.name not in BUILTIN_NAMES:  # pgqueue's own jobs are not counted
+        stats.add("completed")
+    logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
+
+
+def log_failure(
+    stats: WorkerStats, job: JobRecord, error: str, row: tuple[Any, ...] | None
+) -> None:
+    """Count and log a failed attempt; ``row`` is pgqueue.fail's answer."""
+    if job.name not in BUILTIN_NAMES:
+        stats.add("failed" if row is not None and row[0] == "failed" else "retried")
+    if row is None:
+        logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
+    elif row[0] == "failed":
+        logger.error(
+            "job %d (%s) failed for good after %d attempt(s): %s",
+            job.id,
+            job.name,
+            row[2],
+            error.splitlines()[0],
+            extra=_extra(job, "fail"),
+        )
+    else:
+        logger.warning(
+            "job %d (%s) failed (attempt %d), retrying at %s: %s",
+            job.id,
+            job.name,
+            row[2],
+            row[1].isoformat(),
+            error.splitlines()[0],
+            extra=_extra(job, "retry"),
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""Enqueue and inspect jobs, on a psycopg Connection (joining its transaction) or a ConnectionPool."""
+"""Enqueue and inspect jobs, on a psycopg Connection (joining its transaction) or a ConnectionPool.
+
+Each call is written once, as a steps generator (``_add_job_to_queue`` ...: validation, the
+statements to send, what their answers mean; see pgqueue._sansio); the public functions here are
+its blocking flavour, and pgqueue.aio's are its asyncio flavour.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from . import _queries as q
-from ._db import SqlTarget, connection, translate_errors
 from ._input import (
     INT4_MAX,
     EnqueueParams,
@@ -19,6 +23,7 @@ from ._input import (
     dump_data,
     enqueue_params,
 )
+from ._sansio import Copy, Fetch, Steps, blocking
 from .errors import InvalidJobError
 from .priority import to_priority
 from .records import JobRecord
@@ -40,8 +45,7 @@ __all__ = [
 ]
 
 
-def add_job_to_queue(
-    sql: SqlTarget,
+def _add_job_to_queue(
     job: Mapping[str, Any] | None = None,
     *,
     name: str | None = None,
@@ -53,7 +57,7 @@ def add_job_to_queue(
     retry: Mapping[str, Any] | None = None,
     schedule: str | None = None,
     timeout: float | timedelta | None = None,
-) -> int:
+) -> Steps[int]:
     """Insert one job and return its id.
 
     ``job`` is a Compas-style dict with the same keys as the keyword
@@ -90,13 +94,14 @@ def add_job_to_queue(
         if value is not None
     }
     params = enqueue_params(job, overrides)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.ENQUEUE, params.as_tuple()).fetchone()
-    assert row is not None
+    row = yield Fetch(q.ENQUEUE, params.as_tuple())
     return int(row[0])
 
 
-def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list[int]:
+add_job_to_queue = blocking(_add_job_to_queue)
+
+
+def _add_jobs_to_queue(jobs: Iterable[Mapping[str, Any]]) -> Steps[list[int]]:
     """Insert many jobs with one COPY and return their ids, in input order.
 
     Each job is a dict as for :func:`add_job_to_queue`. All of them are
@@ -112,33 +117,35 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
             raise InvalidJobError(f"job {index}: {exc}") from exc
     if not batch:
         return []
-    with connection(sql) as conn, translate_errors():
-        # The ids and the transaction's now() (what the column default would
-        # give) in one round trip, then the rows in one COPY.
-        row = conn.execute(q.RESERVE_JOB_IDS, (len(batch),)).fetchone()
-        assert row is not None
-        now, ids = row[0], sorted(row[1])
-        with conn.cursor().copy(q.COPY_JOBS) as copy:
-            for job_id, p in zip(ids, batch, strict=True):
-                copy.write_row(
-                    (
-                        job_id,
-                        DEFAULT_QUEUE if p.queue is None else p.queue,
-                        "" if p.name is None else p.name,
-                        "{}" if p.data is None else p.data,
-                        DEFAULT_PRIORITY if p.priority is None else p.priority,
-                        p.scheduled_at or (now + p.delay if p.delay is not None else now),
-                        DEFAULT_MAX_ATTEMPTS if p.max_attempts is None else p.max_attempts,
-                        p.retry,
-                        p.schedule,
-                        p.timeout,
-                    )
-                )
+    # The ids and the transaction's now() (what the column default would give) in one round
+    # trip, then the rows in one COPY.
+    now, ids = yield Fetch(q.RESERVE_JOB_IDS, (len(batch),))
+    ids = sorted(ids)
+    yield Copy(
+        q.COPY_JOBS,
+        (
+            (
+                job_id,
+                DEFAULT_QUEUE if p.queue is None else p.queue,
+                "" if p.name is None else p.name,
+                "{}" if p.data is None else p.data,
+                DEFAULT_PRIORITY if p.priority is None else p.priority,
+                p.scheduled_at or (now + p.delay if p.delay is not None else now),
+                DEFAULT_MAX_ATTEMPTS if p.max_attempts is None else p.max_attempts,
+                p.retry,
+                p.schedule,
+                p.timeout,
+            )
+            for job_id, p in zip(ids, batch, strict=True)
+        ),
+    )
     return [int(job_id) for job_id in ids]
 
 
-def add_recurring_job_to_queue(
-    sql: SqlTarget,
+add_jobs_to_queue = blocking(_add_jobs_to_queue)
+
+
+def _add_recurring_job_to_queue(
     *,
     name: str,
     interval: Mapping[str, Any] | timedelta | None = None,
@@ -146,7 +153,7 @@ def add_recurring_job_to_queue(
     priority: int | str = 1,
     data: Any = None,
     queue: str | None = None,
-) -> int:
+) -> Steps[int]:
     """Schedule job ``name`` to be enqueued every ``interval`` or on a ``schedule``; return the
     recurring job's id.
 
@@ -179,21 +186,22 @@ def add_recurring_job_to_queue(
     if queue is not None:
         check_text("queue", queue)
     first_at = None if parsed is None else parsed.next_after(datetime.now(UTC))
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(
-            q.ADD_RECURRING,
-            (
-                queue,
-                name,
-                level,
-                spec,
-                payload,
-                None if parsed is None else json.dumps(parsed.to_json()),
-                first_at,
-            ),
-        ).fetchone()
-    assert row is not None
+    row = yield Fetch(
+        q.ADD_RECURRING,
+        (
+            queue,
+            name,
+            level,
+            spec,
+            payload,
+            None if parsed is None else json.dumps(parsed.to_json()),
+            first_at,
+        ),
+    )
     return int(row[0])
+
+
+add_recurring_job_to_queue = blocking(_add_recurring_job_to_queue)
 
 
 def _add_builtin_recurring(conn: Any, name: str, interval: Mapping[str, Any]) -> int:
@@ -206,23 +214,24 @@ def _add_builtin_recurring(conn: Any, name: str, interval: Mapping[str, Any]) ->
     return int(row[0])
 
 
-def get_job(sql: SqlTarget, job_id: int) -> JobRecord | None:
+def _get_job(job_id: int) -> Steps[JobRecord | None]:
     """Return the job with its status, attempts, last error and timestamps; None if unknown.
 
     ``status`` is ``running`` while a worker holds the job.
     """
     check_int("job id", job_id, low=-(2**63), high=2**63 - 1)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.GET_JOB, (job_id,)).fetchone()
+    row = yield Fetch(q.GET_JOB, (job_id,))
     return None if row is None else JobRecord.from_row(row)
 
 
-def pending_queue_size(
-    sql: SqlTarget,
+get_job = blocking(_get_job)
+
+
+def _pending_queue_size(
     *,
     name: str | None = None,
     queues: Sequence[str] | None = None,
-) -> dict[str, int]:
+) -> Steps[dict[str, int]]:
     """Count unfinished jobs: ``pending_count`` (due, waiting for a worker),
     ``scheduled_count`` (not due yet) and ``running_count`` (held by a worker now).
 
@@ -230,31 +239,30 @@ def pending_queue_size(
     """
     names = None if name is None else [check_text("name", name)]
     queue_list = _queue_list(queues)
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.QUEUE_SIZE, (queue_list, names)).fetchone()
-    assert row is not None
+    row = yield Fetch(q.QUEUE_SIZE, (queue_list, names))
     return {"pending_count": row[0], "scheduled_count": row[1], "running_count": row[2]}
 
 
-def average_time_to_completion(
-    sql: SqlTarget,
+pending_queue_size = blocking(_pending_queue_size)
+
+
+def _average_time_to_completion(
     start: datetime,
     end: datetime,
     *,
     name: str | None = None,
     queues: Sequence[str] | None = None,
-) -> float:
+) -> Steps[float]:
     """Mean seconds from scheduled_at to completion over jobs completed in (start, end]; 0.0 if none."""
     for what, value in (("start", start), ("end", end)):
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise InvalidJobError(f"{what} must be a timezone-aware datetime")
     names = None if name is None else [check_text("name", name)]
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(
-            q.AVERAGE_TIME_TO_COMPLETION, (start, end, _queue_list(queues), names)
-        ).fetchone()
-    assert row is not None
+    row = yield Fetch(q.AVERAGE_TIME_TO_COMPLETION, (start, end, _queue_list(queues), names))
     return float(row[0])
+
+
+average_time_to_completion = blocking(_average_time_to_completion)
 
 
 def _queue_list(queues: Sequence[str] | None) -> list[str] | None:

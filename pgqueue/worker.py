@@ -41,9 +41,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import _queries as q
 from . import queue as _queue
 from ._db import connect
-from ._input import check_text
+from ._options import WorkerOptions
 from ._waker import Waker
-from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME
+from .builtins import RECURRING_JOB_NAME
 from .claim import ClaimRunner, Handler, _Abandoned, _extra, _Slot
 from .errors import ConfigurationError, ConnectError
 from .migrate import check_schema
@@ -155,23 +155,16 @@ class JobQueueWorker(ClaimRunner):
             raise ConfigurationError(
                 f"sql must be a DSN string or a ConnectionPool, got {type(sql).__name__}"
             )
-        if isinstance(handler, Mapping):
-            if not handler:
-                raise ConfigurationError("handler mapping is empty")
-            for job_name, fn in handler.items():
-                check_text("handler name", job_name)
-                if not callable(fn):
-                    raise ConfigurationError(f"handler for {job_name!r} is not callable")
-        elif not callable(handler):
-            raise ConfigurationError("handler must be a callable or a mapping of name to callable")
-        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)):
-            raise ConfigurationError("poll_interval must be a number of seconds")
-        if not 0 < poll_interval <= 3600:
-            raise ConfigurationError("poll_interval must be more than 0 and at most 3600 seconds")
-        if isinstance(parallel_count, bool) or not isinstance(parallel_count, int):
-            raise ConfigurationError("parallel_count must be an integer")
-        if not 1 <= parallel_count <= 1000:
-            raise ConfigurationError("parallel_count must be between 1 and 1000")
+        options = WorkerOptions(
+            handler=handler,
+            name=name,
+            queues=queues,
+            poll_interval=poll_interval,
+            parallel_count=parallel_count,
+            listen=listen,
+            listen_dsn=listen_dsn,
+            prepare=prepare,
+        )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise ConfigurationError("batch_size must be an integer")
         if not 1 <= batch_size <= 50:
@@ -183,12 +176,6 @@ class JobQueueWorker(ClaimRunner):
         self.lease = check_timeout(lease, what="lease", error=ConfigurationError)
         if self.lease is not None and batch_size != 1:
             raise ConfigurationError("lease mode runs one job per slot at a time: use batch_size=1")
-        if not isinstance(listen, bool) or not isinstance(prepare, bool):
-            raise ConfigurationError("listen and prepare must be True or False")
-        if listen_dsn is not None and (not isinstance(listen_dsn, str) or not listen_dsn.strip()):
-            raise ConfigurationError("listen_dsn must be a DSN string")
-        if listen_dsn is not None and not listen:
-            raise ConfigurationError("listen_dsn is for LISTEN, which listen=False turns off")
         if not prepare:
             # pgbouncer's transaction pooling cannot keep server-side prepared statements.
             if not self._owns_pool and self._conn_kwargs.get("prepare_threshold", 5) is not None:
@@ -200,23 +187,13 @@ class JobQueueWorker(ClaimRunner):
         self.listen = listen
         self.prepare = prepare
         self._listen_dsn = listen_dsn
-        if name is not None:
-            check_text("name", name)
-            if isinstance(handler, Mapping) and name not in handler:
-                raise ConfigurationError(
-                    f"the worker runs only jobs named {name!r}, but the handler mapping has no entry for it"
-                )
-        if isinstance(queues, str):
-            queues = [queues]
         self.name = name
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = options.poll_interval
         self.parallel_count = parallel_count
         self.batch_size = batch_size
-        self.queues: list[str] | None = (
-            None if queues is None else [check_text("queue", x) for x in queues]
-        )
+        self.queues: list[str] | None = options.queues
         self._handler = handler
-        self._names = self._claimable_names(name, handler)
+        self._names = options.names
         self._waker = Waker(parallel_count)
         self._stopping = threading.Event()
         self._draining = False
@@ -231,16 +208,6 @@ class JobQueueWorker(ClaimRunner):
             lease=self.lease,
         )
         self.stats = WorkerStats()
-
-    @staticmethod
-    def _claimable_names(
-        name: str | None, handler: Handler | Mapping[str, Handler]
-    ) -> list[str] | None:
-        if name is not None:
-            return [name]
-        if isinstance(handler, Mapping):
-            return [*handler, *BUILTIN_NAMES]
-        return None
 
     # -- life cycle -----------------------------------------------------
 
