@@ -110,6 +110,15 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
             batch.append(enqueue_params(job, {}))
         except InvalidJobError as exc:
             raise InvalidJobError(f"job {index}: {exc}") from exc
+    return copy_jobs(sql, batch)
+
+
+def copy_jobs(sql: SqlTarget, batch: Sequence[EnqueueParams]) -> list[int]:
+    """Insert already validated jobs with one COPY; return their ids, in input order.
+
+    The second half of :func:`add_jobs_to_queue`, for callers that validate
+    each job themselves (``pgqueue enqueue --from`` names the bad line).
+    """
     if not batch:
         return []
     with connection(sql) as conn, translate_errors():
