@@ -1,8 +1,9 @@
 """The ``pgqueue`` command: its argument parser, ``migrate``, ``demo`` and ``main``.
 
-One function per sub-command: ``migrate`` and ``demo`` here; ``status``,
-``jobs``, ``clear``, ``retry`` and ``cancel`` in :mod:`pgqueue._cli_jobs`;
-``dashboard`` in :mod:`pgqueue._cli_dashboard`; the
+One function per sub-command: ``migrate`` and ``demo`` here; ``enqueue`` in
+:mod:`pgqueue._cli_enqueue`; ``status``, ``jobs``, ``clear``, ``retry`` and
+``cancel`` in :mod:`pgqueue._cli_jobs`; ``dashboard`` in
+:mod:`pgqueue._cli_dashboard`; the
 job runner (``work``, ``workoff``, ``start``, ``stop``, ``restart``) in
 :mod:`pgqueue.runner`.
 Every option can also come from a ``PGQUEUE_<NAME>`` environment variable
@@ -21,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from ._cli_dashboard import add_dashboard_command
+from ._cli_enqueue import add_enqueue_options, cmd_enqueue
 from ._cli_jobs import cmd_cancel, cmd_clear, cmd_jobs, cmd_retry, cmd_status
 from ._cli_options import (
     add_app,
@@ -33,6 +35,7 @@ from ._cli_options import (
     positive_float,
     positive_int,
 )
+from ._cli_output import print_json
 from ._db import describe_dsn
 from ._run_dir import parse_workers
 from .demo import run_demo
@@ -239,6 +242,20 @@ def _add_admin_commands(commands: Any) -> None:
         "CREATEROLE) and grant them least privilege (sql/roles.sql); once set up, every "
         "migrate re-applies the grants",
     )
+    add_json(sub)
+
+    sub = _command(
+        commands,
+        "enqueue",
+        cmd_enqueue,
+        "enqueue one job, or one per line of a JSON-lines file",
+        "Enqueue one job described by the options, or with --from one job per line of a "
+        "JSON-lines file (or standard input), streamed in chunks of 5000 with COPY inside "
+        "one transaction: a bad line (named by its number) enqueues nothing. Prints the "
+        "job id, or how many jobs were enqueued and how fast.",
+    )
+    add_app(sub, used=False)
+    add_enqueue_options(sub)
 
     sub = _command(
         commands,
@@ -376,16 +393,25 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``pgqueue migrate``: apply pending migrations and say which."""
     with database(args) as dsn, open_connection(dsn) as conn:
-        print(f"migrating {describe_dsn(dsn)}")
+        if not args.json:
+            print(f"migrating {describe_dsn(dsn)}")
         applied = migrate(conn, roles=True if args.roles else None)
     names = {m.version: f"{m.version:04d}_{m.name}" for m in migrations()}
-    if applied:
+    if args.json:
+        print_json(
+            {
+                "applied": [names[version] for version in applied],
+                "version": latest_version(),
+                "roles": bool(args.roles),
+            }
+        )
+    elif applied:
         listed = ", ".join(names[version] for version in applied)
         print(f"applied {len(applied)} migration(s): {listed}")
         print(f"schema is now at version {latest_version()}")
     else:
         print(f"schema is up to date (version {latest_version()}); nothing to apply")
-    if args.roles:
+    if args.roles and not args.json:
         print("roles pgqueue_producer and pgqueue_worker are set up (NOLOGIN groups)")
     return 0
 

@@ -23,6 +23,7 @@ import psycopg
 
 from . import _queries as q
 from ._db import connect, describe_dsn, translate_errors
+from ._progress import Progress
 from .errors import PgQueueError
 from .migrate import latest_version, migrate
 from .queue import (
@@ -133,40 +134,6 @@ def demo_jobs(count: int) -> tuple[list[dict[str, Any]], int, int]:
     return jobs, flaky, len(doomed)
 
 
-class _Progress:
-    """A hand-drawn progress bar: redrawn in place on a terminal, a line per 10% otherwise."""
-
-    WIDTH: Final = 30
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.next_mark = 10
-
-    def update(self, finished: int, failed: int, elapsed: float) -> None:
-        percent = finished * 100 // self.total
-        filled = finished * self.WIDTH // self.total
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        rate = finished / elapsed if elapsed > 0 else 0.0
-        text = (
-            f"[{bar}] {finished:>{len(str(self.total))}}/{self.total} {percent:3d}%"
-            f"  {rate:7.0f} jobs/s  {failed} failed"
-        )
-        if self.tty:
-            self.stream.write("\r" + text)
-            self.stream.flush()
-        elif percent >= self.next_mark or finished == self.total:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self.next_mark = (percent // 10 + 1) * 10
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 class _QuietRetries(logging.Filter):
     """Drops the worker's per-attempt retry and failure lines: the demo reports them at the end."""
 
@@ -214,7 +181,7 @@ def _process(
     conn: psycopg.Connection[Any],
     worker: JobQueueWorker,
     total: int,
-    progress: _Progress,
+    progress: Progress,
 ) -> tuple[_Counts, float]:
     """Run the worker until every demo job finished and the recurring job ran; return counts and seconds."""
     started = time.monotonic()
@@ -224,7 +191,7 @@ def _process(
         while True:
             counts = _counts(conn)
             now = time.monotonic()
-            progress.update(counts.finished, counts.failed, now - started)
+            progress.update(counts.finished, note=f"{counts.failed} failed")
             if counts.finished >= total and counts.ticks >= 1:
                 return counts, now - started
             if counts.finished != last_finished:
@@ -301,7 +268,9 @@ def run_demo(
             worker_logger.addFilter(quiet)
         window_start = _clock(conn)
         try:
-            counts, elapsed = _process(conn, worker, len(ids), _Progress(len(ids), err))
+            counts, elapsed = _process(
+                conn, worker, len(ids), Progress(len(ids), err, plain=True, interval=0)
+            )
         finally:
             worker_logger.removeFilter(quiet)
         window_end = _clock(conn)

@@ -115,6 +115,18 @@ def _add_jobs_to_queue(jobs: Iterable[Mapping[str, Any]]) -> Steps[list[int]]:
             batch.append(enqueue_params(job, {}))
         except InvalidJobError as exc:
             raise InvalidJobError(f"job {index}: {exc}") from exc
+    return (yield from _copy_jobs(batch))
+
+
+add_jobs_to_queue = blocking(_add_jobs_to_queue)
+
+
+def _copy_jobs(batch: Sequence[EnqueueParams]) -> Steps[list[int]]:
+    """Insert already validated jobs with one COPY; return their ids, in input order.
+
+    The second half of :func:`add_jobs_to_queue`, for callers that validate
+    each job themselves (``pgqueue enqueue --from`` names the bad line).
+    """
     if not batch:
         return []
     # The ids and the transaction's now() (what the column default would give) in one round
@@ -142,7 +154,7 @@ def _add_jobs_to_queue(jobs: Iterable[Mapping[str, Any]]) -> Steps[list[int]]:
     return [int(job_id) for job_id in ids]
 
 
-add_jobs_to_queue = blocking(_add_jobs_to_queue)
+copy_jobs = blocking(_copy_jobs)
 
 
 def _add_recurring_job_to_queue(

@@ -31,6 +31,7 @@ from ._app import load_app, timed_handlers
 from ._cli_options import database, given_dsn, open_connection, split_queues
 from ._cli_output import print_json
 from ._db import describe_dsn
+from ._progress import Progress
 from ._run_dir import (
     RunDir,
     WorkerSlot,
@@ -45,6 +46,7 @@ from ._run_dir import (
 )
 from .errors import ConfigurationError
 from .migrate import check_schema
+from .queue import pending_queue_size
 from .worker import JobQueueWorker
 
 __all__ = [
@@ -145,6 +147,53 @@ def _work(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _progress(dsn: str, args: argparse.Namespace, worker: JobQueueWorker) -> Iterator[None]:
+    """On a terminal, a progress bar on stderr while ``worker`` works off: jobs handled
+    (completed, retried or failed) out of those due when it began. Nothing elsewhere, nor
+    with -v. While the bar is drawn, the per-job INFO lines are left out (warnings stay):
+    the summary counts them."""
+    if not sys.stderr.isatty() or args.verbose:
+        yield
+        return
+    with open_connection(dsn) as conn:
+        check_schema(conn)
+        due = pending_queue_size(conn, name=args.name, queues=split_queues(args.queue))
+    total = due["pending_count"]
+    bar = Progress(total, sys.stderr)
+    done = threading.Event()
+
+    def draw() -> None:
+        finished = False
+        while not finished:
+            finished = done.wait(0.2)
+            stats = worker.stats.as_dict()
+            handled = stats["completed"] + stats["retried"] + stats["failed"]
+            bar.update(min(handled, total), note=f"{stats['failed']} failed")
+
+    quiet = _BelowWarning()
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(quiet)
+    drawer = threading.Thread(target=draw, name="pgqueue-progress", daemon=True)
+    drawer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        drawer.join()
+        bar.close()
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+class _BelowWarning(logging.Filter):
+    """Drops records below WARNING (the per-job lines) while a progress bar is drawn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
 def cmd_workoff(args: argparse.Namespace) -> int:
     """``pgqueue workoff``: run every job due now, then exit with a summary.
 
@@ -161,7 +210,7 @@ def cmd_workoff(args: argparse.Namespace) -> int:
             prepare=not args.no_prepare,
         )
         started = time.monotonic()
-        with _stop_on_signals(threading.Event(), then=worker.stop):
+        with _stop_on_signals(threading.Event(), then=worker.stop), _progress(dsn, args, worker):
             stats = worker.work_off().as_dict()
         elapsed = time.monotonic() - started
     if args.json:
