@@ -16,19 +16,23 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias
 
 import psycopg
 from psycopg import Transaction
 from psycopg.pq import TransactionStatus
 
 from . import _queries as q
+from . import _tracing
 from . import lease as _lease
 from .builtins import BUILTIN_NAMES, next_run, run_builtin
 from .errors import JobFailed
 from .records import JobRecord, WorkerStats
 from .supervisor import Supervisor, new_token
 from .timeouts import server_limit_ms
+
+if TYPE_CHECKING:
+    from .metrics import WorkerInstruments
 
 __all__ = ["ClaimRunner", "Handler"]
 
@@ -69,6 +73,8 @@ class ClaimRunner:
     _names: list[str] | None
     _handler: Handler | Mapping[str, Handler]
     _supervisor: Supervisor
+    #: Prometheus instruments (pgqueue.metrics) when the worker was made with metrics=...; else None.
+    _metrics: WorkerInstruments | None
 
     def _connection(self) -> psycopg.Connection[Any]:
         """A new autocommit connection of the worker's own (JobQueueWorker's)."""
@@ -230,6 +236,8 @@ class ClaimRunner:
             self._log_failure(job, error, row)
 
     def _log_done(self, job: JobRecord) -> None:
+        if self._metrics is not None:
+            self._metrics.job_done(job)
         if job.name not in BUILTIN_NAMES:  # pgqueue's own jobs are not counted
             self.stats.add("completed")
         logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
@@ -247,7 +255,34 @@ class ClaimRunner:
     def _call_handler(
         self, conn: psycopg.Connection[Any], job: JobRecord
     ) -> tuple[str | None, object]:
-        """Call the job's handler: (None, its return value), or (error text, None) if it raised."""
+        """Call the job's handler: (None, its return value), or (error text, None) if it raised.
+
+        Inside a ``pgqueue.run <name>`` span when OpenTelemetry tracing is on,
+        and measured when the worker has metrics on.
+        """
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.job_started(job)
+        span = _tracing.run_span(job)  # None unless a tracer provider is set
+        started = time.monotonic()
+        try:
+            if span is None:
+                return self._invoke(conn, job, started, None)
+            with span:
+                error, value = self._invoke(conn, job, started, span)
+                span.finish(error)
+                return error, value
+        finally:
+            if metrics is not None:
+                metrics.job_ended(job, time.monotonic() - started)
+
+    def _invoke(
+        self,
+        conn: psycopg.Connection[Any],
+        job: JobRecord,
+        started: float,
+        span: _tracing.RunSpan | None,
+    ) -> tuple[str | None, object]:
         handler: Handler
         if job.name in BUILTIN_NAMES:
             handler = run_builtin
@@ -255,12 +290,15 @@ class ClaimRunner:
             handler = self._handler[job.name]
         else:
             handler = self._handler
-        started = time.monotonic()
         try:
             return None, handler(conn, job)
         except JobFailed as exc:
+            if span is not None:
+                span.record(exc)
             return _storable(str(exc)) or "job failed", None
         except psycopg.ProgrammingError as exc:
+            if span is not None:
+                span.record(exc)
             if "forbidden within a Transaction" not in str(exc):
                 return _describe(exc), None
             return (
@@ -270,6 +308,8 @@ class ClaimRunner:
                 None,
             )
         except Exception as exc:
+            if span is not None:
+                span.record(exc)
             timeout = self._timeout_of(job)
             if timeout is not None and time.monotonic() - started >= timeout:
                 # Postgres's own limit (the backstop) ended a statement first.
@@ -315,6 +355,8 @@ class ClaimRunner:
             conn.execute(q.ROLLBACK)
 
     def _log_failure(self, job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
+        if self._metrics is not None:
+            self._metrics.job_failed(job)
         if job.name not in BUILTIN_NAMES:
             self.stats.add("failed" if row is not None and row[0] == "failed" else "retried")
         if row is None:

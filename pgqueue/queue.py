@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from . import _queries as q
+from . import _tracing
 from ._db import SqlTarget, connection, translate_errors
 from ._input import (
     INT4_MAX,
@@ -72,6 +73,9 @@ def add_job_to_queue(
 
     On a Connection the insert joins the caller's open transaction: if the
     caller rolls back, the job never existed. On a pool it commits at once.
+    With an OpenTelemetry tracer provider set, the insert runs in a
+    ``pgqueue.enqueue`` span whose trace context the job keeps
+    (``trace_context``), so that each run's span joins the trace.
     Raises InvalidJobError for bad input (nothing is written).
     """
     overrides = {
@@ -90,8 +94,20 @@ def add_job_to_queue(
         if value is not None
     }
     params = enqueue_params(job, overrides)
+    span = _tracing.enqueue_span(
+        {params.name or ""}, {params.queue or DEFAULT_QUEUE}, 1
+    )  # None unless an OpenTelemetry tracer provider is set
+    if span is None:
+        return _enqueue(sql, params, None)
+    with span:
+        job_id = _enqueue(sql, params, span.carrier)
+        span.set_ids([job_id])
+        return job_id
+
+
+def _enqueue(sql: SqlTarget, params: EnqueueParams, trace_context: str | None) -> int:
     with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.ENQUEUE, params.as_tuple()).fetchone()
+        row = conn.execute(q.ENQUEUE, (*params.as_tuple(), trace_context)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -102,7 +118,9 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
     Each job is a dict as for :func:`add_job_to_queue`. All of them are
     validated before anything is sent; one bad job raises InvalidJobError
     (naming its index) and none is written. One NOTIFY per queue, not per job.
-    On a Connection the jobs join the caller's open transaction.
+    On a Connection the jobs join the caller's open transaction. With an
+    OpenTelemetry tracer provider set, one ``pgqueue.enqueue`` span covers the
+    call and every job keeps its trace context.
     """
     batch: list[EnqueueParams] = []
     for index, job in enumerate(jobs):
@@ -112,6 +130,18 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
             raise InvalidJobError(f"job {index}: {exc}") from exc
     if not batch:
         return []
+    span = _tracing.enqueue_span(
+        {p.name or "" for p in batch}, {p.queue or DEFAULT_QUEUE for p in batch}, len(batch)
+    )  # None unless an OpenTelemetry tracer provider is set
+    if span is None:
+        return _copy_jobs(sql, batch, None)
+    with span:
+        ids = _copy_jobs(sql, batch, span.carrier)
+        span.set_ids(ids)
+        return ids
+
+
+def _copy_jobs(sql: SqlTarget, batch: list[EnqueueParams], trace_context: str | None) -> list[int]:
     with connection(sql) as conn, translate_errors():
         # The ids and the transaction's now() (what the column default would
         # give) in one round trip, then the rows in one COPY.
@@ -132,6 +162,7 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
                         p.retry,
                         p.schedule,
                         p.timeout,
+                        trace_context,
                     )
                 )
     return [int(job_id) for job_id in ids]
