@@ -12,10 +12,13 @@ request that enqueued the job.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from ._input import EnqueueParams
 from .records import JobRecord
 
 try:
@@ -51,12 +54,28 @@ class _Cache:
     tracer: Tracer | None = None
 
 
+_MISSING: Final = object()
+#: Named a provider class for get_tracer_provider() to load (read at import, like the API does).
+_PROVIDER_FROM_ENV: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_OFF: Final[tuple[type, ...]] = (ProxyTracerProvider, NoOpTracerProvider) if _AVAILABLE else ()
+
+
 def _current_tracer() -> Tracer | None:
-    """The pgqueue tracer of the configured provider; None when tracing is off."""
+    """The pgqueue tracer of the configured provider; None when tracing is off.
+
+    Called for every enqueue and every run, so the no-provider case is kept to a
+    module-attribute read: ``get_tracer_provider()`` also looks the environment up
+    on each call (about 2 µs). Should that private global go away, the public call
+    is used.
+    """
     if not _AVAILABLE:
         return None
-    provider = _trace.get_tracer_provider()
-    if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
+    provider: Any = getattr(_trace, "_TRACER_PROVIDER", _MISSING)
+    if provider is None and not _PROVIDER_FROM_ENV:
+        return None  # nothing set
+    if provider is None or provider is _MISSING:
+        provider = _trace.get_tracer_provider()
+    if isinstance(provider, _OFF):
         return None
     if provider is not _Cache.provider:
         try:
@@ -104,7 +123,10 @@ class EnqueueSpan(_SpanScope):
 
     __slots__ = ("carrier",)
 
-    def __init__(self, tracer: Tracer, names: set[str], queues: set[str], count: int) -> None:
+    def __init__(self, tracer: Tracer, jobs: Sequence[EnqueueParams]) -> None:
+        names = {job.name or "" for job in jobs}
+        queues = {job.queue or "default" for job in jobs}
+        count = len(jobs)
         attributes: dict[str, Any] = {
             "messaging.system": _SYSTEM,
             "messaging.operation.type": "send",
@@ -166,10 +188,10 @@ class RunSpan(_SpanScope):
             self._span.set_status(Status(StatusCode.ERROR, error.splitlines()[0] if error else ""))
 
 
-def enqueue_span(names: set[str], queues: set[str], count: int) -> EnqueueSpan | None:
-    """Start the span of an enqueue of ``count`` jobs; None when tracing is off."""
+def enqueue_span(jobs: Sequence[EnqueueParams]) -> EnqueueSpan | None:
+    """Start the span of one enqueue call of ``jobs``; None when tracing is off."""
     tracer = _current_tracer()
-    return None if tracer is None else EnqueueSpan(tracer, names, queues, count)
+    return None if tracer is None else EnqueueSpan(tracer, jobs)
 
 
 def run_span(job: JobRecord) -> RunSpan | None:

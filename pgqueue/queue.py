@@ -94,9 +94,7 @@ def add_job_to_queue(
         if value is not None
     }
     params = enqueue_params(job, overrides)
-    span = _tracing.enqueue_span(
-        {params.name or ""}, {params.queue or DEFAULT_QUEUE}, 1
-    )  # None unless an OpenTelemetry tracer provider is set
+    span = _tracing.enqueue_span((params,))  # None unless an OpenTelemetry tracer provider is set
     if span is None:
         return _enqueue(sql, params, None)
     with span:
@@ -130,9 +128,7 @@ def add_jobs_to_queue(sql: SqlTarget, jobs: Iterable[Mapping[str, Any]]) -> list
             raise InvalidJobError(f"job {index}: {exc}") from exc
     if not batch:
         return []
-    span = _tracing.enqueue_span(
-        {p.name or "" for p in batch}, {p.queue or DEFAULT_QUEUE for p in batch}, len(batch)
-    )  # None unless an OpenTelemetry tracer provider is set
+    span = _tracing.enqueue_span(batch)  # None unless an OpenTelemetry tracer provider is set
     if span is None:
         return _copy_jobs(sql, batch, None)
     with span:
