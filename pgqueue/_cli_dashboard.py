@@ -60,6 +60,17 @@ def add_dashboard_command(commands: Any, make: Any) -> None:
     )
 
 
+def _metrics_routes(dsn: str) -> list[Any]:
+    """``/metrics`` (Prometheus, behind the dashboard's token) when the metrics extra is there."""
+    try:
+        from starlette.routing import Mount  # noqa: PLC0415 (an optional extra)
+
+        from .metrics import make_asgi_app  # noqa: PLC0415
+    except ImportError:
+        return []
+    return [Mount("/metrics", app=make_asgi_app(dsn))]
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """``pgqueue dashboard``: serve the dashboard until Ctrl-C or SIGTERM."""
     try:
@@ -81,6 +92,5 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             check_schema(conn)
         shown = f"[{host}]" if ":" in host else host
         print(f"pgqueue dashboard on http://{shown}:{args.dashboard_port}/", flush=True)
-        # Extra routes (a /metrics endpoint, say) go in serve(..., routes=[...]).
-        serve(dsn, host=host, port=args.dashboard_port, token=token)
+        serve(dsn, host=host, port=args.dashboard_port, token=token, routes=_metrics_routes(dsn))
     return 0

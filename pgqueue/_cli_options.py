@@ -32,6 +32,7 @@ __all__ = [
     "env_value",
     "open_connection",
     "option",
+    "port_number",
     "positive_float",
     "positive_int",
     "split_queues",
@@ -76,6 +77,14 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {value}")
     return value
 
 

@@ -8,11 +8,11 @@ from typing import Final, LiteralString
 JOB_COLUMNS: Final[LiteralString] = (
     "id, queue, name, data, priority, status, scheduled_at, attempts, max_attempts,"
     " retry, last_error, result, created_at, updated_at, completed_at, schedule, timeout,"
-    " crashes, lease_until"
+    " crashes, lease_until, trace_context"
 )
 
 ENQUEUE: Final = (
-    "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)"
+    "SELECT pgqueue.enqueue(%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::jsonb)"
 )
 RESERVE_JOB_IDS: Final = (
     "SELECT now(), array(SELECT nextval(pg_get_serial_sequence('pgqueue.jobs', 'id'))"
@@ -20,7 +20,7 @@ RESERVE_JOB_IDS: Final = (
 )
 COPY_JOBS: Final = (
     "COPY pgqueue.jobs (id, queue, name, data, priority, scheduled_at, max_attempts, retry,"
-    " schedule, timeout) FROM STDIN"
+    " schedule, timeout, trace_context) FROM STDIN"
 )
 ADD_RECURRING: Final = (
     "SELECT pgqueue.add_recurring(%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s)"
@@ -31,6 +31,8 @@ QUEUE_SIZE: Final = (
 )
 AVERAGE_TIME_TO_COMPLETION: Final = "SELECT pgqueue.average_time_to_completion(%s, %s, %s, %s)"
 STATUS_COUNTS: Final = "SELECT queue, name, state, count FROM pgqueue.status_counts()"
+# The metrics scrape (pgqueue.metrics): unfinished jobs, and jobs finished in the last %s seconds.
+COUNT_JOBS: Final = "SELECT queue, name, state, count FROM pgqueue.count_jobs(%s)"
 
 # Administration.
 CANCEL_JOBS: Final = "SELECT pgqueue.cancel_jobs(%s, %s::jsonb, %s)"
@@ -50,7 +52,7 @@ LIST_JOBS: Final = (
     " (SELECT pgqueue.running_keys()) THEN 'running' ELSE j.status END AS status,"
     " j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,"
     " j.created_at, j.updated_at, j.completed_at, j.schedule, j.timeout, j.crashes,"
-    " j.lease_until"
+    " j.lease_until, j.trace_context"
     " FROM pgqueue.jobs j"
     " WHERE (%(queue)s::text IS NULL OR j.queue = %(queue)s)"
     " AND (%(name)s::text IS NULL OR j.name = %(name)s)) s"

@@ -89,12 +89,28 @@ class Stepper:
             self.step, self.value = None, stop.value
         return self.step is None
 
+    def fail(self, exc: BaseException) -> bool:
+        """The current step raised ``exc``: raise it in the call (its ``with`` blocks see it; a
+        span records it), which lets it out again or goes on; True once the call is done."""
+        try:
+            self.step = self._steps.throw(exc)
+        except StopIteration as stop:
+            self.step, self.value = None, stop.value
+        return self.step is None
 
-def run_steps(conn: psycopg.Connection[Any], steps: Steps[T]) -> T:
-    """Run a call on a connection as it is (no error translation, no transaction of its own)."""
-    stepper = Stepper(steps)
+
+def run_steps(conn: psycopg.Connection[Any], steps: Steps[T] | Stepper) -> T:
+    """Run a call on a connection (no transaction of its own); psycopg's errors that mean
+    something to pgqueue are raised as pgqueue's, in the call too."""
+    stepper = steps if isinstance(steps, Stepper) else Stepper(steps)
     while stepper.step is not None:
-        stepper.send(stepper.step.run(conn))
+        try:
+            with translate_errors():
+                answer = stepper.step.run(conn)
+        except Exception as exc:
+            stepper.fail(exc)
+        else:
+            stepper.send(answer)
     value: T = stepper.value
     return value
 
@@ -125,11 +141,10 @@ def blocking(steps: Callable[P, Steps[T]]) -> Callable[Concatenate[SqlTarget, P]
 
     def call(sql: SqlTarget, /, *args: P.args, **kwargs: P.kwargs) -> T:
         stepper = Stepper(steps(*args, **kwargs))
-        if not stepper.done:
-            with connection(sql) as conn, translate_errors():
-                while stepper.step is not None:
-                    stepper.send(stepper.step.run(conn))
-        value: T = stepper.value
-        return value
+        if stepper.done:
+            value: T = stepper.value
+            return value
+        with connection(sql) as conn, translate_errors():
+            return run_steps(conn, stepper)
 
     return describe_call(call, steps, "SqlTarget", steps.__module__)

@@ -16,19 +16,23 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn, TypeAlias, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeGuard, TypeVar
 
 import psycopg
 from psycopg import Transaction
 from psycopg.pq import TransactionStatus
 
 from . import _queries as q
+from . import _tracing
 from . import lease as _lease
 from .builtins import BUILTIN_NAMES, next_run, run_builtin
 from .errors import JobFailed
 from .records import JobRecord, WorkerStats
 from .supervisor import Supervisor, new_token
 from .timeouts import server_limit_ms
+
+if TYPE_CHECKING:
+    from .metrics import WorkerInstruments
 
 __all__ = ["ClaimRunner", "Handler"]
 
@@ -69,6 +73,8 @@ class ClaimRunner:
     _names: list[str] | None
     _handler: Handler | Mapping[str, Handler]
     _supervisor: Supervisor
+    #: Prometheus instruments (pgqueue.metrics) when the worker was made with metrics=...; else None.
+    _metrics: WorkerInstruments | None
 
     def _connection(self) -> psycopg.Connection[Any]:
         """A new autocommit connection of the worker's own (JobQueueWorker's)."""
@@ -219,6 +225,8 @@ class ClaimRunner:
             self._log_failure(job, error, row)
 
     def _log_done(self, job: JobRecord) -> None:
+        if self._metrics is not None:
+            self._metrics.job_done(job)
         log_done(self.stats, job)
 
     def _timeout_of(self, job: JobRecord) -> float | None:
@@ -234,13 +242,34 @@ class ClaimRunner:
     def _call_handler(
         self, conn: psycopg.Connection[Any], job: JobRecord
     ) -> tuple[str | None, object]:
-        """Call the job's handler: (None, its return value), or (error text, None) if it raised."""
+        """Call the job's handler: (None, its return value), or (error text, None) if it raised.
+
+        Inside a ``pgqueue.run <name>`` span when OpenTelemetry tracing is on,
+        and measured when the worker has metrics on.
+        """
         handler = run_builtin if job.name in BUILTIN_NAMES else user_handler(self._handler, job)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.job_started(job)
+        span = _tracing.run_span(job)  # None unless a tracer provider is set
         started = time.monotonic()
         try:
-            return None, handler(conn, job)
-        except Exception as exc:
-            return handler_error(exc, self._timeout_of(job), time.monotonic() - started), None
+            with contextlib.nullcontext() if span is None else span:
+                try:
+                    value = handler(conn, job)
+                except Exception as exc:
+                    if span is not None:
+                        span.record(exc)
+                    error = handler_error(exc, self._timeout_of(job), time.monotonic() - started)
+                    if span is not None:
+                        span.finish(error)
+                    return error, None
+                if span is not None:
+                    span.finish(None)
+                return None, value
+        finally:
+            if metrics is not None:
+                metrics.job_ended(job, time.monotonic() - started)
 
     def _run_handler(
         self, conn: psycopg.Connection[Any], job: JobRecord
@@ -269,6 +298,8 @@ class ClaimRunner:
             conn.execute(q.ROLLBACK)
 
     def _log_failure(self, job: JobRecord, error: str, row: tuple[Any, ...] | None) -> None:
+        if self._metrics is not None:
+            self._metrics.job_failed(job)
         log_failure(self.stats, job, error, row)
 
 

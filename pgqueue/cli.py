@@ -32,6 +32,7 @@ from ._cli_options import (
     database,
     open_connection,
     option,
+    port_number,
     positive_float,
     positive_int,
 )
@@ -115,6 +116,26 @@ def _worker_options(sub: argparse.ArgumentParser, *, queues: bool, poll: bool) -
     )
 
 
+def _metrics_options(sub: argparse.ArgumentParser) -> None:
+    option(
+        sub,
+        "--metrics-port",
+        dest="metrics_port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on this port (needs pgqueue[metrics]): the "
+        "worker's own and the job counts of the database (default: no metrics)",
+    )
+    option(
+        sub,
+        "--metrics-host",
+        dest="metrics_host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the address --metrics-port listens on (0.0.0.0: every interface)",
+    )
+
+
 def _runner_options(sub: argparse.ArgumentParser, *, workers: str | None, force: bool) -> None:
     option(
         sub,
@@ -166,6 +187,7 @@ def _add_runner_commands(commands: Any) -> None:
     )
     add_app(sub, used=True)
     _worker_options(sub, queues=True, poll=True)
+    _metrics_options(sub)
     sub.add_argument("--pid-file", dest="pid_file", help=argparse.SUPPRESS)
 
     sub = _command(

@@ -10,6 +10,7 @@ else is stored. See "Django" in the README.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ from typing import Any, Final
 import psycopg
 
 from . import _queries as q
+from . import _tracing
 from ._input import enqueue_params
 from .errors import ConfigurationError, JobFailed
 from .records import JobRecord, JobStatus
@@ -147,9 +149,12 @@ class PgQueueBackend(BaseTaskBackend):  # type: ignore[misc]
                 "max_attempts": self.max_attempts,
             },
         )
-        with self._db().cursor() as cursor:
-            cursor.execute(q.ENQUEUE, params.as_tuple())
+        span = _tracing.enqueue_span((params,))  # None unless a tracer provider is set
+        with contextlib.nullcontext() if span is None else span, self._db().cursor() as cursor:
+            cursor.execute(q.ENQUEUE, (*params.as_tuple(), None if span is None else span.carrier))
             job_id = cursor.fetchone()[0]
+            if span is not None:
+                span.set_ids([int(job_id)])
         result = TaskResult(
             task=task,
             id=str(job_id),

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from . import _queries as q
+from . import _tracing
 from ._input import (
     INT4_MAX,
     EnqueueParams,
@@ -76,6 +77,9 @@ def _add_job_to_queue(
 
     On a Connection the insert joins the caller's open transaction: if the
     caller rolls back, the job never existed. On a pool it commits at once.
+    With an OpenTelemetry tracer provider set, the insert runs in a
+    ``pgqueue.enqueue`` span whose trace context the job keeps
+    (``trace_context``), so that each run's span joins the trace.
     Raises InvalidJobError for bad input (nothing is written).
     """
     overrides = {
@@ -94,8 +98,15 @@ def _add_job_to_queue(
         if value is not None
     }
     params = enqueue_params(job, overrides)
-    row = yield Fetch(q.ENQUEUE, params.as_tuple())
-    return int(row[0])
+    span = _tracing.enqueue_span((params,))  # None unless an OpenTelemetry tracer provider is set
+    if span is None:
+        row = yield Fetch(q.ENQUEUE, (*params.as_tuple(), None))
+        return int(row[0])
+    with span:
+        row = yield Fetch(q.ENQUEUE, (*params.as_tuple(), span.carrier))
+        job_id = int(row[0])
+        span.set_ids([job_id])
+    return job_id
 
 
 add_job_to_queue = blocking(_add_job_to_queue)
@@ -107,7 +118,9 @@ def _add_jobs_to_queue(jobs: Iterable[Mapping[str, Any]]) -> Steps[list[int]]:
     Each job is a dict as for :func:`add_job_to_queue`. All of them are
     validated before anything is sent; one bad job raises InvalidJobError
     (naming its index) and none is written. One NOTIFY per queue, not per job.
-    On a Connection the jobs join the caller's open transaction.
+    On a Connection the jobs join the caller's open transaction. With an
+    OpenTelemetry tracer provider set, one ``pgqueue.enqueue`` span covers the
+    call and every job keeps its trace context.
     """
     batch: list[EnqueueParams] = []
     for index, job in enumerate(jobs):
@@ -129,6 +142,16 @@ def _copy_jobs(batch: Sequence[EnqueueParams]) -> Steps[list[int]]:
     """
     if not batch:
         return []
+    span = _tracing.enqueue_span(batch)  # None unless an OpenTelemetry tracer provider is set
+    if span is None:
+        return (yield from _copy_rows(batch, None))
+    with span:
+        ids = yield from _copy_rows(batch, span.carrier)
+        span.set_ids(ids)
+    return ids
+
+
+def _copy_rows(batch: Sequence[EnqueueParams], trace_context: str | None) -> Steps[list[int]]:
     # The ids and the transaction's now() (what the column default would give) in one round
     # trip, then the rows in one COPY.
     now, ids = yield Fetch(q.RESERVE_JOB_IDS, (len(batch),))
@@ -147,6 +170,7 @@ def _copy_jobs(batch: Sequence[EnqueueParams]) -> Steps[list[int]]:
                 p.retry,
                 p.schedule,
                 p.timeout,
+                trace_context,
             )
             for job_id, p in zip(ids, batch, strict=True)
         ),

@@ -60,6 +60,9 @@ class JobRecord:
     crashes: int = 0
     #: Lease mode: while ``status`` is running, the worker must extend this or lose the job.
     lease_until: datetime | None = None
+    #: The W3C trace context of the span that enqueued the job (``{"traceparent": ...}``), when
+    #: OpenTelemetry tracing was on; the span of each run is its child. None otherwise.
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:

@@ -123,6 +123,7 @@ def _work(args: argparse.Namespace) -> int:
             listen=not args.no_listen,
             listen_dsn=args.listen_dsn,
             prepare=not args.no_prepare,
+            metrics=args.metrics_port is not None,
         )
         names = [args.name] if args.name else (sorted(app) if isinstance(app, Mapping) else None)
         logger.info(
@@ -135,7 +136,7 @@ def _work(args: argparse.Namespace) -> int:
             args.app,
         )
         stop = threading.Event()
-        with _stop_on_signals(stop):
+        with _stop_on_signals(stop), _metrics_server(args, dsn):
             worker.start()
             try:
                 logger.info("%s; Ctrl-C or SIGTERM stops after running jobs finish", READY_MESSAGE)
@@ -192,6 +193,30 @@ class _BelowWarning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def _metrics_server(args: argparse.Namespace, dsn: str) -> Iterator[None]:
+    """Serve Prometheus metrics on --metrics-port while the block runs (nothing without it)."""
+    if args.metrics_port is None:
+        yield
+        return
+    # The optional extra, imported only when asked for (the worker checked it is there).
+    from .metrics import start_http_server  # noqa: PLC0415
+
+    try:
+        server, thread = start_http_server(dsn, args.metrics_port, args.metrics_host)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror or exc}"
+        ) from exc
+    logger.info("Prometheus metrics on http://%s:%d/metrics", args.metrics_host, server.server_port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def cmd_workoff(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -50,6 +50,11 @@ from .migrate import check_schema
 from .records import WorkerStats
 from .supervisor import Supervisor, Watch
 from .timeouts import check_timeout
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import WorkerInstruments
 
 __all__ = ["Handler", "JobQueueWorker", "RECURRING_JOB_NAME", "WorkerStats"]
 
@@ -120,6 +125,14 @@ class JobQueueWorker(ClaimRunner):
     the worker's connections (``prepare_threshold=None``), which pgbouncer
     1.18 cannot keep; with a ConnectionPool, create it with
     ``kwargs={"prepare_threshold": None}``.
+
+    ``metrics`` (default False) turns on the Prometheus instruments of
+    :mod:`pgqueue.metrics` (the ``metrics`` extra): processed and failed
+    attempts, handler durations, the wait from due to start, busy slots.
+    True registers them in prometheus-client's default registry; a
+    ``CollectorRegistry`` in that one. Serve them with
+    :func:`pgqueue.metrics.start_http_server` (``pgqueue work --metrics-port``)
+    or any prometheus-client exposition.
     """
 
     def __init__(
@@ -137,7 +150,9 @@ class JobQueueWorker(ClaimRunner):
         listen: bool = True,
         listen_dsn: str | None = None,
         prepare: bool = True,
+        metrics: bool | CollectorRegistry = False,
     ) -> None:
+        self._metrics = _instruments(metrics)
         if isinstance(sql, str):
             self._conninfo = sql
             self._conn_kwargs: dict[str, Any] = {}
@@ -232,6 +247,8 @@ class JobQueueWorker(ClaimRunner):
         self._start_supervisor()
         listener = threading.Thread(target=self._listen, name="pgqueue-listener", daemon=True)
         listener.start()
+        if self._metrics is not None:
+            self._metrics.slots.inc(self.parallel_count)
         self._threads = [listener] + [self._spawn_slot(i) for i in range(self.parallel_count)]
         logger.info(
             "worker started: %d slot(s), queues=%s, names=%s",
@@ -255,12 +272,16 @@ class JobQueueWorker(ClaimRunner):
         self._open_pool()
         self._draining = True
         self._stopping.clear()
+        if self._metrics is not None:
+            self._metrics.slots.inc(self.parallel_count)
         try:
             self._start_supervisor()
             for i in range(self.parallel_count):
                 self._spawn_slot(i)
             self._join_slots()
         finally:
+            if self._metrics is not None:
+                self._metrics.slots.dec(self.parallel_count)
             self._draining = False
             self._supervisor.stop()
             self._close_pool()
@@ -303,6 +324,8 @@ class JobQueueWorker(ClaimRunner):
         self._threads[0].join()  # the listener
         self._join_slots()
         self._threads = []
+        if self._metrics is not None:
+            self._metrics.slots.dec(self.parallel_count)
         self._supervisor.stop()
         self._close_pool()
         logger.info("worker stopped")
@@ -478,6 +501,25 @@ class JobQueueWorker(ClaimRunner):
                 )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+
+
+def _instruments(metrics: object) -> WorkerInstruments | None:
+    """The worker's Prometheus instruments for its ``metrics`` argument; None when off."""
+    if metrics is False:
+        return None
+    try:  # the optional extra, imported only when asked for
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+        from .metrics import worker_instruments  # noqa: PLC0415
+    except ImportError:
+        raise ConfigurationError(
+            "metrics needs prometheus-client: pip install 'pgqueue[metrics]'"
+        ) from None
+    if metrics is True:
+        return worker_instruments()
+    if isinstance(metrics, CollectorRegistry):
+        return worker_instruments(metrics)
+    raise ConfigurationError("metrics must be True, False or a prometheus_client CollectorRegistry")
 
 
 JobQueueWorker.__module__ = "pgqueue"

@@ -59,13 +59,14 @@ CREATE OR REPLACE FUNCTION pgqueue.enqueue(
     p_max_attempts integer,
     p_retry jsonb,
     p_schedule jsonb,
-    p_timeout double precision
+    p_timeout double precision,
+    p_trace_context jsonb
 ) RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
     INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule,
-                              timeout)
+                              timeout, trace_context)
     VALUES (
         coalesce(p_queue, 'default'),
         coalesce(p_name, ''),
@@ -75,7 +76,8 @@ AS $$
         coalesce(p_max_attempts, 5),
         p_retry,
         p_schedule,
-        p_timeout
+        p_timeout,
+        p_trace_context
     )
     RETURNING id;
 $$;
@@ -771,7 +773,7 @@ AS $$
                 THEN 'running' ELSE j.status END,
            j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,
            j.created_at, j.updated_at, j.completed_at, j.schedule, j.timeout, j.crashes,
-           j.lease_until
+           j.lease_until, j.trace_context
     FROM pgqueue.jobs j
     WHERE j.id = p_id;
 $$;
@@ -845,6 +847,50 @@ AS $$
     FROM pgqueue.jobs j
     GROUP BY 1, 2, 3
     ORDER BY 1, 2, 3;
+$$;
+
+
+-- Job counts per queue, name and state for a metrics scrape (pgqueue.metrics):
+-- one statement whose cost does not grow with the finished history.
+-- Unfinished jobs are all counted: pending rows (split into pending: due;
+-- scheduled: not yet due; running: held by a worker's transaction) off the
+-- partial index over pending rows, and lease-mode running rows off
+-- jobs_lease_idx. Finished jobs (completed, failed, cancelled) only when they
+-- finished (updated_at) less than p_window seconds ago, off jobs_finished_idx:
+-- counting every finished row would read the whole history on each scrape.
+-- p_window NULL or 0: no finished jobs. The planner settings keep it on those
+-- indexes whatever the statistics say (see pgqueue.dequeue).
+CREATE OR REPLACE FUNCTION pgqueue.count_jobs(
+    p_window double precision,
+    OUT queue text, OUT name text, OUT state text, OUT count bigint
+) RETURNS SETOF record
+LANGUAGE sql STABLE
+SET enable_seqscan = off
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+    WITH running AS MATERIALIZED (SELECT pgqueue.running_keys() AS k)
+    SELECT j.queue, j.name,
+           CASE
+               WHEN (j.id % 2147483648) IN (SELECT k FROM running) THEN 'running'
+               WHEN j.scheduled_at > now() THEN 'scheduled'
+               ELSE 'pending'
+           END,
+           count(*)
+    FROM pgqueue.jobs j
+    WHERE j.status = 'pending'
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT j.queue, j.name, 'running', count(*)
+    FROM pgqueue.jobs j
+    WHERE j.status = 'running'
+    GROUP BY 1, 2
+    UNION ALL
+    SELECT j.queue, j.name, j.status, count(*)
+    FROM pgqueue.jobs j
+    WHERE j.status <> 'pending' AND j.status <> 'running'
+      AND j.updated_at > now() - pg_catalog.make_interval(secs => p_window)
+      AND p_window > 0
+    GROUP BY 1, 2, 3;
 $$;
 
 

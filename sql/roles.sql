@@ -7,7 +7,8 @@
 -- login roles, not to these.
 --
 --   pgqueue_producer  enqueue (one job, or many through COPY) and read jobs
---                     (get_job, list_jobs, queue sizes, status counts); no
+--                     (get_job, list_jobs, queue sizes, status counts, the
+--                     metrics scrape's counts); no
 --                     dequeue, complete, fail, cancel, retry, update, delete,
 --                     schedules, queue settings or DDL.
 --   pgqueue_worker    what a JobQueueWorker does: dequeue, complete, fail,
@@ -67,7 +68,7 @@ GRANT SELECT ON pgqueue.migrations TO pgqueue_producer, pgqueue_worker;
 -- needs no grant.
 GRANT SELECT ON pgqueue.jobs TO pgqueue_producer;
 GRANT INSERT (id, queue, name, data, priority, scheduled_at, max_attempts, retry, schedule,
-              timeout)
+              timeout, trace_context)
     ON pgqueue.jobs TO pgqueue_producer;
 DO $$
 BEGIN
@@ -84,7 +85,8 @@ $$;
 -- of attempts in flight. Queue settings (concurrency limits, retry policies)
 -- and clean-up rules are read, never written.
 GRANT SELECT, DELETE ON pgqueue.jobs TO pgqueue_worker;
-GRANT INSERT (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule, timeout)
+GRANT INSERT (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule, timeout,
+              trace_context)
     ON pgqueue.jobs TO pgqueue_worker;
 GRANT UPDATE (status, attempts, result, last_error, scheduled_at, completed_at, updated_at,
               lease_until, crashes)
@@ -106,11 +108,12 @@ BEGIN
         JOIN (VALUES
             -- enqueue, and read jobs, queue sizes and counts
             ('pgqueue_producer', ARRAY['enqueue', 'get_job', 'running_keys', 'queue_size',
-                                       'average_time_to_completion', 'status_counts']),
+                                       'average_time_to_completion', 'status_counts',
+                                       'count_jobs']),
             -- the same (handlers may enqueue), and run jobs
             ('pgqueue_worker', ARRAY['enqueue', 'get_job', 'running_keys', 'queue_size',
                                      'average_time_to_completion', 'status_counts',
-                                     'dequeue', 'dequeue_limited', 'take_slot',
+                                     'count_jobs', 'dequeue', 'dequeue_limited', 'take_slot',
                                      'complete', 'complete_many', 'fail', 'fail_attempt',
                                      'retry_delay', 'run_recurring', 'repeat_job',
                                      'interval_from_json', 'cleanup',

@@ -39,11 +39,18 @@ async def aconnection(sql: AsyncSqlTarget) -> AsyncIterator[psycopg.AsyncConnect
         )
 
 
-async def arun_steps(conn: psycopg.AsyncConnection[Any], steps: Steps[T]) -> T:
-    """Run a call on an AsyncConnection as it is (no error translation, no transaction)."""
-    stepper = Stepper(steps)
+async def arun_steps(conn: psycopg.AsyncConnection[Any], steps: Steps[T] | Stepper) -> T:
+    """Run a call on an AsyncConnection (no transaction of its own); psycopg's errors that
+    mean something to pgqueue are raised as pgqueue's, in the call too."""
+    stepper = steps if isinstance(steps, Stepper) else Stepper(steps)
     while stepper.step is not None:
-        stepper.send(await stepper.step.arun(conn))
+        try:
+            with translate_errors():
+                answer = await stepper.step.arun(conn)
+        except Exception as exc:
+            stepper.fail(exc)
+        else:
+            stepper.send(answer)
     value: T = stepper.value
     return value
 
@@ -59,13 +66,12 @@ def awaitable(
 
     async def call(sql: AsyncSqlTarget, /, *args: P.args, **kwargs: P.kwargs) -> T:
         stepper = Stepper(steps(*args, **kwargs))
-        if not stepper.done:
-            async with aconnection(sql) as conn:
-                with translate_errors():
-                    while stepper.step is not None:
-                        stepper.send(await stepper.step.arun(conn))
-        value: T = stepper.value
-        return value
+        if stepper.done:
+            value: T = stepper.value
+            return value
+        async with aconnection(sql) as conn:
+            with translate_errors():
+                return await arun_steps(conn, stepper)
 
     return describe_call(call, steps, "AsyncSqlTarget", "pgqueue.aio")
 

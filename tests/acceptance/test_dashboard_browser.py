@@ -180,3 +180,21 @@ def test_the_page_follows_the_jobs_and_retries_a_failed_one(conn, dsn, dashboard
             expect(page.locator("table.record")).to_contain_text("card declined")
         finally:
             browser.close()
+
+
+def test_the_dashboard_command_serves_prometheus_metrics(conn: Any, dashboard: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pgqueue.add_jobs_to_queue(conn, [{"name": "resize"} for _ in range(3)])
+    pgqueue.add_job_to_queue(conn, name="resize", scheduled_at=timedelta(hours=1))
+    with urllib.request.urlopen(dashboard + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    depth = {
+        (sample.labels["name"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "pgqueue_jobs"
+        for sample in family.samples
+        if sample.labels.get("queue") == "default"
+    }
+    assert depth[("resize", "pending")] == 3
+    assert depth[("resize", "scheduled")] == 1
