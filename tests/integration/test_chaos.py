@@ -19,7 +19,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-JOBS = 2_000
+# Enough work that the 9 events (0.3 s apart at least, restarts taking seconds) all happen
+# before the jobs run out: a restart with no job left has nothing to recover.
+JOBS = 6_000
 ARGS = [
     "--jobs", str(JOBS),
     "--workers", "2",

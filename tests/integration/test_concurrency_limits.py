@@ -57,7 +57,9 @@ WORKER_SCRIPT = textwrap.dedent(
         conn.execute("UPDATE runs SET ended = clock_timestamp() WHERE id = %s", (run_id,))
 
 
-    worker = pgqueue.JobQueueWorker(dsn, handler=handler, parallel_count=4, poll_interval=0.1)
+    # Polls often: a slot that just finished a limited job claims the freed slot at once, and
+    # the other processes must get their turns too (a poll is their only chance at a full queue).
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, parallel_count=4, poll_interval=0.02)
     worker.start()
     ready.write_text(str(os.getpid()))
     time.sleep(600)
