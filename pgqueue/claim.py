@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeGuard, TypeVar
 
 import psycopg
-from psycopg import Transaction
+from psycopg import pq
 from psycopg.pq import TransactionStatus
 
 from . import _queries as q
 from . import _tracing
 from . import lease as _lease
-from .builtins import BUILTIN_NAMES, next_run, run_builtin
+from ._wire import ClaimTransaction, Statement
+from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME, next_run, run_builtin
 from .errors import JobFailed
 from .records import JobRecord, WorkerStats
 from .supervisor import Supervisor, new_token
@@ -56,6 +57,8 @@ class _Slot:
     #: Its handler outlived its timeout and a new slot took its place: it ends when the handler returns.
     orphaned: bool = False
     thread: threading.Thread = field(default_factory=threading.Thread)
+    #: The claim transactions of its current connection.
+    claims: ClaimTransaction | None = None
 
 
 class _Abandoned(Exception):
@@ -71,6 +74,9 @@ class ClaimRunner:
     lease: float | None
     stats: WorkerStats
     _names: list[str] | None
+    prepare: bool
+    #: The claim statement for the worker's batch size, queues and names (q.claim_statement).
+    _claim: Statement
     _handler: Handler | Mapping[str, Handler]
     _supervisor: Supervisor
     #: Prometheus instruments (pgqueue.metrics) when the worker was made with metrics=...; else None.
@@ -83,36 +89,51 @@ class ClaimRunner:
     def _process_batch(self, conn: psycopg.Connection[Any], slot: _Slot) -> bool:
         """Claim up to ``batch_size`` jobs in one transaction and run them; False when none was due.
 
-        The transaction is a psycopg transaction block, so a handler's
-        ``conn.commit()`` / ``conn.rollback()`` raises instead of ending it
-        (which would commit half a job and free its lock while it runs).
-        Round trips: BEGIN, dequeue and the first SAVEPOINT in one; the start
-        records on the side connection; one more (RELEASE + SAVEPOINT) before
-        each further job of a batch, and one before each job with a timeout
-        (Postgres's own limits); then the completions, the failures and
-        COMMIT in one.
+        The transaction is a psycopg transaction block while the handlers run
+        (pgqueue._wire), so a handler's ``conn.commit()`` / ``conn.rollback()``
+        raises instead of ending it (which would commit half a job and free its
+        lock while it runs). Round trips: BEGIN, the claim and the first
+        SAVEPOINT in one; the start records on the side connection, sent
+        without waiting; one more (RELEASE + SAVEPOINT) before each further job
+        of a batch, and one before each job with a timeout (Postgres's own
+        limits); then the completions, the failures and COMMIT in one.
         """
-        tx = psycopg.Transaction(conn)
+        if slot.claims is None or slot.claims.conn is not conn:
+            slot.claims = ClaimTransaction(conn, prepare=self.prepare)
+        tx = slot.claims
         jobs: list[JobRecord] = []
         done: list[tuple[JobRecord, str | None]] = []
         failed: list[tuple[JobRecord, str]] = []
-        xid_cur = None
+        xid: str | None = None
         token = new_token()
         recorded = leased = False
         finished: list[int] = []  # jobs whose outcome is committed
         limits: str | None = None  # Postgres's limits set in this transaction (ms), if any
         pid = 0
+        fails: list[pq.abc.PGresult] = []
         try:
-            with conn.pipeline():
-                tx.__enter__()
-                cur = conn.execute(q.DEQUEUE, (self.batch_size, self.queues, self._names))
-                if self.batch_size > 1:
-                    # Claiming a job assigned the xid (row locks); none claimed: NULL.
-                    xid_cur = conn.execute(q.CURRENT_XACT_ID)
-                conn.execute(q.SAVEPOINT)
-            jobs = [JobRecord.from_row(row) for row in cur.fetchall()]
+            claim = self._claim
+            xid_step = [Statement(q.CURRENT_XACT_ID_WIRE)] if self.batch_size > 1 else []
+            results = tx.begin([claim, *xid_step, Statement(q.SAVEPOINT_WIRE)])
+            rows = tx.rows(results[0])
+            jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
+            if rows[0][0] or (len(jobs) > 1 and any(job.crashes for job in jobs)):
+                # The rare cases (see q.claim_statement): pgqueue.dequeue claims instead, before
+                # the first job's savepoint (a failing handler must not undo what it settled).
+                dequeue = Statement(q.DEQUEUE_WIRE, (self.batch_size, self.queues, self._names))
+                results = tx.run(
+                    [
+                        Statement(q.RELEASE_SAVEPOINT_WIRE),
+                        dequeue,
+                        *xid_step,
+                        Statement(q.SAVEPOINT_WIRE),
+                    ]
+                )
+                jobs = [JobRecord.from_row(row) for row in tx.rows(results[1])]
+            if xid_step:
+                xid = tx.rows(results[-2])[0][0]  # claiming a job assigned it (row locks)
             if not jobs:
-                tx.__exit__(None, None, None)
+                tx.commit([])
                 return False
             if self.lease is not None and jobs[0].name not in BUILTIN_NAMES:
                 leased = True
@@ -125,7 +146,7 @@ class ClaimRunner:
             ids = [job.id for job in jobs]
             for index, job in enumerate(jobs):
                 if index:
-                    conn.execute(q.RELEASE_AND_SAVEPOINT)
+                    tx.run([Statement(q.RELEASE_SAVEPOINT_WIRE), Statement(q.SAVEPOINT_WIRE)])
                 timeout = self._timeout_of(job)
                 before = limits
                 if timeout is not None and limits != server_limit_ms(timeout):
@@ -153,41 +174,29 @@ class ClaimRunner:
                     # A ROLLBACK undid their writes: leave them to run again.
                     # Failures are recorded either way; the rest of the batch
                     # is free again, and its starts were not crashes.
-                    tx.__exit__(None, None, None)
-                    if done and not self._committed(conn, xid_cur):
+                    tx.release()
+                    if done and not self._committed(conn, xid):
                         done = []
                     self._finish_apart(conn, done, [*failed, (job, error)])
                     finished = [j.id for j, _ in done] + [j.id for j, _ in failed] + [job.id]
                     self._supervisor.forget_starts([i for i in ids if i not in finished], token)
                     return True
                 else:
-                    conn.execute(q.ROLLBACK_TO_SAVEPOINT)
+                    # Not through psycopg, which would drop every prepared statement after it.
+                    tx.run([Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE)])
                     limits = before
                     failed.append((job, error))
-            now = datetime.now(UTC)
-            with conn.pipeline():
-                if done:
-                    conn.execute(
-                        q.COMPLETE_MANY,
-                        (
-                            [job.id for job, _ in done],
-                            [result for _, result in done],
-                            [next_run(job, now) for job, _ in done],
-                        ),
-                    )
-                fails = [
-                    conn.execute(q.FAIL, (job.id, error, next_run(job, now)))
-                    for job, error in failed
-                ]
-                tx.__exit__(None, None, None)
+            results = tx.commit(self._outcomes(done, failed))
+            fails = results[len(results) - len(failed) :] if failed else []
             finished = ids
         except _Abandoned:
+            tx.release()
             raise
         except BaseException as exc:
-            if tx.status == Transaction.Status.ACTIVE:
+            if tx.open:
                 if recorded and gives_up_itself(exc):
                     self._supervisor.forget_starts([job.id for job in jobs], token)
-                tx.__exit__(type(exc), exc, exc.__traceback__)
+                tx.rollback()
             elif jobs and not leased and commit_failed(exc):
                 # The commit itself failed (a deferred constraint, say): the
                 # server rolled everything back. Count every attempt on its own.
@@ -201,8 +210,38 @@ class ClaimRunner:
         for job, _ in done:
             self._log_done(job)
         for (job, error), fail in zip(failed, fails, strict=True):
-            self._log_failure(job, error, fail.fetchone())
+            rows = tx.rows(fail)
+            self._log_failure(job, error, rows[0] if rows else None)
         return True
+
+    @staticmethod
+    def _outcomes(
+        done: list[tuple[JobRecord, str | None]], failed: list[tuple[JobRecord, str]]
+    ) -> list[Statement]:
+        """The statements that record a claim's outcomes: completions, then one per failure."""
+        now = datetime.now(UTC)
+        plain = [(job, result) for job, result in done if is_plain(job)]
+        others = [(job, result) for job, result in done if not is_plain(job)]
+        statements = []
+        if len(plain) == 1:
+            ((job, result),) = plain
+            statements.append(Statement(q.COMPLETE_ONE_WIRE, (job.id, result)))
+        elif plain:
+            statements.append(
+                Statement(
+                    q.COMPLETE_PLAIN_WIRE,
+                    ([job.id for job, _ in plain], [result for _, result in plain]),
+                )
+            )
+        if others:
+            ids = [job.id for job, _ in others]
+            results = [result for _, result in others]
+            next_at = [next_run(job, now) for job, _ in others]
+            statements.append(Statement(q.COMPLETE_MANY_WIRE, (ids, results, next_at)))
+        statements += [
+            Statement(q.FAIL_WIRE, (job.id, error, next_run(job, now))) for job, error in failed
+        ]
+        return statements
 
     def _finish_apart(
         self,
@@ -284,12 +323,11 @@ class ClaimRunner:
         return None, value if isinstance(value, str) else None
 
     @staticmethod
-    def _committed(conn: psycopg.Connection[Any], xid_cur: psycopg.Cursor[Any] | None) -> bool:
-        """Whether the batch's transaction (already ended) committed."""
-        row = xid_cur.fetchone() if xid_cur is not None else None
-        if row is None or row[0] is None:
+    def _committed(conn: psycopg.Connection[Any], xid: str | None) -> bool:
+        """Whether the batch's transaction ``xid`` (already ended) committed."""
+        if xid is None:
             return False
-        state = conn.execute(q.XACT_STATUS, (row[0],)).fetchone()
+        state = conn.execute(q.XACT_STATUS, (xid,)).fetchone()
         return state is not None and state[0] == "committed"
 
     @staticmethod
@@ -313,6 +351,12 @@ def user_handler(handler: H | Mapping[str, H], job: JobRecord) -> H:
     if isinstance(handler, Mapping):
         return handler[job.name]
     return handler
+
+
+def is_plain(job: JobRecord) -> bool:
+    """Whether completing ``job`` is only marking it completed (q.COMPLETE_PLAIN): it neither
+    recurs (the built-in recurring job) nor repeats on a schedule of its own."""
+    return job.schedule is None and job.name != RECURRING_JOB_NAME
 
 
 def gives_up_itself(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ from .records import JobRecord
 from .supervisor import new_token
 
 if TYPE_CHECKING:
+    from ._wire import ClaimTransaction
     from .claim import ClaimRunner, _Slot
 
 __all__ = ["claim_and_run"]
@@ -41,14 +42,14 @@ logger = logging.getLogger(__name__)
 def claim_and_run(
     worker: ClaimRunner,
     conn: psycopg.Connection[Any],
-    tx: psycopg.Transaction,
+    tx: ClaimTransaction,
     claimed: JobRecord,
     slot: _Slot,
 ) -> None:
     """Lease ``claimed`` (locked by the open ``tx``), commit, run its handler, record the outcome."""
     assert worker.lease is not None
     rows = conn.execute(q.LEASE_JOBS, ([claimed.id], worker.lease)).fetchall()
-    tx.__exit__(None, None, None)  # commit: the job is 'running', its row lock is gone
+    tx.commit([])  # the job is 'running', its row lock is gone
     if not rows:
         return
     job = JobRecord.from_row(rows[0])

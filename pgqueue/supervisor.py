@@ -1,7 +1,7 @@
 """A worker's supervisor: start records, the timeout watchdog and lease heartbeats, on connections of its own.
 
 - **Start records.** Before a slot runs the handlers of a claim, it records
-  their starts (``pgqueue.start_jobs``) on the supervisor's side connection,
+  their starts (``_queries.START_JOBS``) on the supervisor's side connection,
   outside the claim's transaction: if a handler kills the process, the start
   survives and the next dequeue counts the crashed attempt. The statement is
   sent, not waited for: the side connection is in libpq pipeline mode, each
@@ -60,6 +60,14 @@ ORPHAN_GRACE: Final = 1.0
 SIDE_REPLY_TIMEOUT: Final = 30.0
 #: The longest the supervisor sleeps when it has nothing to do (seconds).
 _IDLE_TICK: Final = 1.0
+
+
+#: The side connection's statements sent with every claim, prepared once per connection
+#: (unless the worker runs with prepare=False, behind pgbouncer): the name for each.
+_PREPARED: Final = {
+    q.START_SETTINGS: b"pgqueue_start_settings",
+    q.START_JOBS: b"pgqueue_start_jobs",
+}
 
 
 def new_token() -> int:
@@ -142,8 +150,10 @@ class Supervisor:
         worker_id: str,
         on_orphan: Callable[[object, Watch], None],
         lease: float | None = None,
+        prepare: bool = True,
     ) -> None:
         self._connect = connect
+        self._prepare = prepare
         self.worker_id = worker_id
         self._on_orphan = on_orphan
         self.lease = lease
@@ -151,6 +161,8 @@ class Supervisor:
         self._side_lock = threading.Lock()
         self._side: psycopg.Connection[Any] | None = None
         self._unread = 0
+        # The statements prepared on the side connection (by the name they are prepared as).
+        self._prepared: set[bytes] = set()
         # Attempts finished since the last start record sent: (job id, claim token).
         self._done: list[tuple[int, int]] = []
         # The watches, the leases and the thread.
@@ -223,7 +235,7 @@ class Supervisor:
             raise
 
     def _start_params(self, jobs: Sequence[JobRecord], token: int) -> list[bytes | None]:
-        """pgqueue.start_jobs's parameters (side lock held); takes the finished attempts along."""
+        """q.START_JOBS's parameters (side lock held); takes the finished attempts along."""
         now = datetime.now(UTC)
         done, self._done = self._done, []
         return [
@@ -282,7 +294,9 @@ class Supervisor:
                 pgconn = self._side.pgconn
                 pgconn.consume_input()
                 self._read(pgconn)
-                pgconn.send_query_params(query, params)
+                if query == q.START_JOBS:
+                    self._send_one(pgconn, q.START_SETTINGS, None)
+                self._send_one(pgconn, query, params)
                 pgconn.pipeline_sync()
                 while pgconn.flush():
                     _wait(pgconn, write=True)
@@ -294,6 +308,18 @@ class Supervisor:
                     raise psycopg.OperationalError(
                         f"could not record job starts: {_first_line(exc)}"
                     ) from exc
+
+    def _send_one(
+        self, pgconn: pq.abc.PGconn, query: bytes, params: Sequence[bytes | None] | None
+    ) -> None:
+        name = _PREPARED.get(query) if self._prepare else None
+        if name is None:
+            pgconn.send_query_params(query, params)
+            return
+        if name not in self._prepared:
+            pgconn.send_prepare(name, query)
+            self._prepared.add(name)
+        pgconn.send_query_prepared(name, params)
 
     def _read(self, pgconn: pq.abc.PGconn) -> None:
         """Process the replies that have arrived (side lock held); log the statements that failed."""
@@ -320,6 +346,7 @@ class Supervisor:
         _close(self._side)
         self._side = None
         self._unread = 0
+        self._prepared.clear()
 
     # -- timeouts -----------------------------------------------------------
 

@@ -49,6 +49,8 @@ CREATE TRIGGER jobs_notify
 
 
 -- Insert one job; NULL arguments take the column defaults. Returns the id.
+-- For SQL callers: Python's enqueue sends the same insert as a plain
+-- statement (pgqueue._queries.ENQUEUE), which is not planned on every call.
 CREATE OR REPLACE FUNCTION pgqueue.enqueue(
     p_queue text,
     p_name text,
@@ -87,6 +89,11 @@ $$;
 -- priority, then scheduled_at, then id. Jobs locked by another transaction
 -- are skipped. The returned attempts counts the attempt about to start.
 -- p_queues / p_names NULL means "any".
+--
+-- The worker's usual claim is a plain statement doing the common case
+-- (pgqueue._queries.claim_query: no lease expired, no concurrency limit in
+-- reach, nothing crashed), which costs about half the server time of this
+-- call; it comes here, in the same transaction, for the rest.
 --
 -- On the way, settles what crashed (see the top of this file): expired
 -- leases (pgqueue.rescue_leases), and jobs whose last attempt never finished
@@ -194,50 +201,11 @@ END;
 $$;
 
 
--- Record that attempts of these jobs (claimed together by the caller's
--- worker in another transaction, still open) start now, in a transaction of
--- their own committed before the handlers run. p_attempts: the attempt
--- numbers; p_next_at: each job's next run if it repeats on a cron or text
--- schedule; p_worker, p_process: who runs them. Also drops the start records
--- of attempts the worker has finished since its last call (p_done_ids, with
--- their claims' tokens: not a newer attempt's), which the job's own
--- transaction leaves, to stay short; this call may even arrive after the
--- job's outcome, on its other connection, and leave a record of a finished
--- attempt, which never counts (its attempt is not ahead of the job's). The
--- table is unlogged: the commit does not wait for the disk.
-CREATE OR REPLACE FUNCTION pgqueue.start_jobs(
-    p_ids bigint[],
-    p_attempts integer[],
-    p_next_at timestamptz[],
-    p_worker text,
-    p_process bigint,
-    p_token bigint,
-    p_done_ids bigint[],
-    p_done_tokens bigint[]
-) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pgqueue, pg_temp
-AS $$
-BEGIN
-    -- Its own transaction on the supervisor's side connection: no need to wait
-    -- for the WAL flush. A start must outlive the worker process, not the
-    -- server (whose crash ends the job's transaction too, not the job's fault),
-    -- and the job's own commit flushes the WAL past it anyway.
-    PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
-    IF cardinality(p_done_ids) > 0 THEN
-        DELETE FROM pgqueue.job_starts s
-        USING unnest(p_done_ids, p_done_tokens) AS d(id, token)
-        WHERE s.job_id = d.id AND s.token = d.token;
-    END IF;
-    INSERT INTO pgqueue.job_starts AS s (job_id, attempt, shared, next_at, worker, process, token)
-    SELECT u.id, u.attempt, cardinality(p_ids) > 1, u.next_at, p_worker, p_process, p_token
-    FROM unnest(p_ids, p_attempts, p_next_at) AS u(id, attempt, next_at)
-    ON CONFLICT (job_id) DO UPDATE
-    SET attempt = excluded.attempt, shared = excluded.shared, started_at = now(),
-        next_at = excluded.next_at, worker = excluded.worker, process = excluded.process,
-        token = excluded.token, timed_out = NULL;
-END;
-$$;
+-- Recording starts is a plain statement the worker sends (pgqueue._queries.START_JOBS):
+-- a plpgsql call costs more server time than the insert itself.
+DROP FUNCTION IF EXISTS pgqueue.start_jobs(
+    bigint[], integer[], timestamptz[], text, bigint, bigint, bigint[], bigint[]
+);
 
 
 -- Forget the starts of a worker's claim (p_token) that it gave up itself, on

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import statistics
 import threading
 import time
 from datetime import timedelta
 
 import psycopg
+import psycopg.sql
 import pytest
 from psycopg_pool import ConnectionPool
 from worker_helpers import (
@@ -48,6 +50,58 @@ def test_a_worker_runs_on_the_callers_pool_and_leaves_it_usable(conn, dsn):
             assert c.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
         assert pgqueue.get_job(pool, ids[-1]) is not None
     assert all(status(conn, i) == "completed" for i in ids)
+
+
+def test_workers_of_other_queues_on_one_pool_each_claim_their_own(conn, dsn):
+    # Each worker prepares its claim on the pool's connections: the names must not collide.
+    create_results_table(conn)
+    with ConnectionPool(dsn, min_size=1, max_size=1, open=True) as pool:
+        ids = {
+            queue: [pgqueue.add_job_to_queue(pool, name="q", queue=queue) for _ in range(10)]
+            for queue in ("red", "blue")
+        }
+        seen: dict[str, set[str]] = {"red": set(), "blue": set()}
+
+        def handler_for(queue):
+            def handler(c, job):
+                seen[queue].add(job.queue)
+                c.execute("INSERT INTO results (job_id) VALUES (%s)", (job.id,))
+
+            return handler
+
+        workers = [
+            pgqueue.JobQueueWorker(pool, handler=handler_for(q), queues=[q], poll_interval=0.05)
+            for q in ("red", "blue")
+        ]
+        for worker in workers:
+            worker.work_off()
+    assert seen == {"red": {"red"}, "blue": {"blue"}}
+    assert result_ids(conn) == sorted(ids["red"] + ids["blue"])
+
+
+def test_a_claim_whose_prepared_statement_was_dropped_is_prepared_again(conn, caplog):
+    # psycopg drops every prepared statement of its connection after some ROLLBACKs (and a
+    # DISCARD ALL, DROP or ALTER) its handler sends: the worker prepares its claim again, and no
+    # job is lost or counted twice.
+    create_results_table(conn)
+    ids = [pgqueue.add_job_to_queue(conn, name="dropper", data=i) for i in range(20)]
+    prepared: list[int] = []
+    find = "SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgqueue%'"
+
+    def handler(c, job):
+        c.execute("INSERT INTO results (job_id) VALUES (%s)", (job.id,))
+        names = [row[0] for row in c.execute(find, prepare=False).fetchall()]
+        prepared.append(len(names))
+        if job.data % 2:
+            for name in names:
+                c.execute(psycopg.sql.SQL("DEALLOCATE {}").format(psycopg.sql.Identifier(name)))
+
+    stats = pgqueue.JobQueueWorker(conn.info.dsn, handler=handler).work_off()
+    assert (stats.completed, stats.failed, stats.retried) == (20, 0, 0)
+    assert result_ids(conn) == ids
+    assert scalar(conn, "SELECT max(attempts) FROM pgqueue.jobs") == 1
+    assert prepared == [1] * 20  # there at each claim: prepared again after each drop
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # not a slot error
 
 
 # -- order and due time ---------------------------------------------------------
