@@ -102,6 +102,8 @@ class EnqueueParams:
         )
 
 
+_JOB_KEY_SET: Final = frozenset(JOB_KEYS)
+
 #: The ``what`` of :func:`check_text` calls that check a queue name, everywhere in pgqueue.
 _QUEUE_WHATS: Final = frozenset({"queue", "queue name"})
 
@@ -196,6 +198,20 @@ def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
     raise InvalidJobError(f"data{path} is a {type(value).__name__}, which is not JSON-serialisable")
 
 
+_SCALARS: Final = (str, int, float, bool, type(None))
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _is_flat(data: Any) -> bool:
+    """An object of scalars with string keys (the usual job data), or a scalar: what json.dumps
+    checks alone, apart from NUL characters and lone surrogates (looked for in its text)."""
+    if type(data) is dict:
+        return all(type(key) is str for key in data) and all(
+            type(value) in _SCALARS for value in data.values()
+        )
+    return type(data) in _SCALARS
+
+
 def max_payload_bytes() -> int:
     """The largest job data allowed, in bytes of JSON: ``PGQUEUE_MAX_PAYLOAD_BYTES`` when set,
     else :data:`MAX_PAYLOAD_BYTES` (16 MiB).
@@ -223,22 +239,34 @@ def max_payload_bytes() -> int:
     return limit
 
 
-def dump_data(data: Any) -> str:
+def dump_data(data: Any, limit: int | None = None) -> str:
     """Serialise job data to JSON text Postgres's jsonb accepts, or raise InvalidJobError.
 
     Refused: values JSON or jsonb cannot hold (NaN, Infinity, NUL characters, lone surrogates,
     non-string keys, sets, bytes, other objects), nesting deeper than :data:`MAX_DATA_DEPTH`,
-    and JSON text longer than :func:`max_payload_bytes` bytes. Tuples become arrays.
+    and JSON text longer than ``limit`` bytes (default :func:`max_payload_bytes`). Tuples
+    become arrays.
     """
-    limit = max_payload_bytes()
+    if limit is None:
+        limit = max_payload_bytes()
+    if not _is_flat(data):
+        # The walk names the offending value; json.dumps would quietly turn a number key into
+        # a string, and knows no depth limit.
+        try:
+            _check_json_value(data, "")
+        except RecursionError as exc:
+            raise InvalidJobError("data is nested too deeply") from exc
     try:
-        _check_json_value(data, "")
-    except RecursionError as exc:
-        raise InvalidJobError("data is nested too deeply") from exc
-    try:
-        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
+        _check_json_value(data, "")  # names the value, for a flat one
         raise InvalidJobError(f"data is not JSON-serialisable: {exc}") from exc
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in a flat one
+            _check_json_value(data, "")  # names it
+            raise
     # The substring test first: the regular expression takes about 0.1 s per MB.
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise InvalidJobError("data must not contain NUL characters (jsonb cannot store them)")
@@ -292,17 +320,23 @@ def _check_in_range(when: datetime | None, given: object) -> None:
         )
 
 
-def enqueue_params(job: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> EnqueueParams:
-    """Merge a Compas-style job dict with keyword arguments and validate the result."""
+def enqueue_params(
+    job: Mapping[str, Any] | None, overrides: Mapping[str, Any], limit: int | None = None
+) -> EnqueueParams:
+    """Merge a Compas-style job dict with keyword arguments and validate the result.
+
+    ``limit``: the payload limit (:func:`max_payload_bytes`) when the caller has read it for a
+    whole batch."""
     if job is not None and not isinstance(job, Mapping):
         raise InvalidJobError(f"job must be a dict, got {type(job).__name__}")
-    merged = {**(job or {}), **overrides}
-    unknown = sorted(map(show, set(merged) - set(JOB_KEYS)))
-    if unknown:
+    merged = {**(job or {}), **overrides} if overrides else (job or {})
+    if not merged.keys() <= _JOB_KEY_SET:
+        unknown = sorted(map(show, set(merged) - _JOB_KEY_SET))
         raise InvalidJobError(
             f"unknown job key(s) {', '.join(unknown)}; expected some of {', '.join(JOB_KEYS)}"
         )
     name = merged.get("name")
+    data = merged.get("data")
     queue = merged.get("queue")
     priority = merged.get("priority")
     max_attempts = merged.get("max_attempts")
@@ -318,7 +352,7 @@ def enqueue_params(job: Mapping[str, Any] | None, overrides: Mapping[str, Any]) 
     return EnqueueParams(
         queue=None if queue is None else check_text("queue", queue),
         name=None if name is None else check_job_name(name, max_bytes=None),
-        data=dump_data(merged["data"]) if merged.get("data") is not None else None,
+        data=None if data is None else dump_data(data, limit),
         priority=None if priority is None else to_priority(priority),
         scheduled_at=scheduled_at,
         delay=delay,

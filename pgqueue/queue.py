@@ -23,6 +23,7 @@ from ._input import (
     check_text,
     dump_data,
     enqueue_params,
+    max_payload_bytes,
 )
 from ._sansio import Copy, Fetch, Steps, blocking
 from .errors import InvalidJobError
@@ -123,9 +124,10 @@ def _add_jobs_to_queue(jobs: Iterable[Mapping[str, Any]]) -> Steps[list[int]]:
     call and every job keeps its trace context.
     """
     batch: list[EnqueueParams] = []
+    limit = max_payload_bytes()
     for index, job in enumerate(jobs):
         try:
-            batch.append(enqueue_params(job, {}))
+            batch.append(enqueue_params(job, {}, limit))
         except InvalidJobError as exc:
             raise InvalidJobError(f"job {index}: {exc}") from exc
     return (yield from _copy_jobs(batch))
