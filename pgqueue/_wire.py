@@ -163,7 +163,11 @@ class ClaimTransaction:
             return self._replies(pgconn, len(statements))
         finally:
             if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status:
-                pgconn.exit_pipeline_mode()
+                try:
+                    pgconn.exit_pipeline_mode()
+                except psycopg.Error:
+                    # Replies left unread (interrupted): nobody can use the connection now.
+                    self.conn.close()
 
     def _send(self, pgconn: pq.abc.PGconn, statement: Statement) -> None:
         params = (
