@@ -213,20 +213,27 @@ RESET_TIMEOUTS: Final = "RESET statement_timeout; RESET idle_in_transaction_sess
 
 # Crashed attempts: on the worker's side connection, outside the jobs' transaction, sent
 # through libpq directly (pgqueue.supervisor), hence the $n placeholders; all text parameters.
-# Record that the attempts of a claim start now ($1 ids, $2 attempt numbers, $3 next runs of jobs
-# on a schedule; $4 worker, $5 process, $6 the claim's token: pgqueue.job_starts says what each
-# means) and drop the start records of attempts the worker has finished since ($7 ids, $8 their
-# claims' tokens; not a newer attempt's, nor one of this claim). A plain statement, prepared
-# once per side connection, sent after START_SETTINGS in its own transaction.
+# Record that the attempts of a claim (claimed together by a worker's transaction, still open)
+# start now, in a transaction of their own committed before the handlers run ($1 ids, $2 attempt
+# numbers, $3 next runs of jobs on a schedule; $4 worker, $5 process, $6 the claim's token:
+# pgqueue.job_starts says what each means), and drop the start records of attempts the worker
+# has finished since ($7 ids, $8 their claims' tokens: not a newer attempt's), which the job's own
+# transaction leaves, to stay short. This may even arrive after the job's outcome, on its other
+# connection, and leave a record of a finished attempt, which never counts (its attempt is not
+# ahead of the job's). A row of the claim's own (job_id, token): it never waits for the
+# transaction holding the job, which may have just deleted the job's earlier start (settled its
+# crash) and runs until the handler returns. A plain statement, prepared once per side
+# connection, sent after START_SETTINGS in its own transaction (a plpgsql call costs more
+# server time than the insert itself).
 START_JOBS: Final = (
     b"WITH gone AS (DELETE FROM pgqueue.job_starts s"
     b" USING unnest($7::bigint[], $8::bigint[]) AS d(id, token)"
-    b" WHERE s.job_id = d.id AND s.token = d.token AND d.id <> ALL ($1::bigint[]))"
+    b" WHERE s.job_id = d.id AND s.token = d.token)"
     b" INSERT INTO pgqueue.job_starts AS s"
     b" (job_id, attempt, shared, next_at, worker, process, token)"
     b" SELECT u.id, u.attempt, cardinality($1::bigint[]) > 1, u.next_at, $4, $5::bigint, $6::bigint"
     b" FROM unnest($1::bigint[], $2::integer[], $3::timestamptz[]) AS u(id, attempt, next_at)"
-    b" ON CONFLICT (job_id) DO UPDATE"
+    b" ON CONFLICT (job_id, token) DO UPDATE"
     b" SET attempt = excluded.attempt, shared = excluded.shared, started_at = now(),"
     b" next_at = excluded.next_at, worker = excluded.worker, process = excluded.process,"
     b" token = excluded.token, timed_out = NULL"

@@ -7,8 +7,12 @@
   sent, not waited for: the side connection is in libpq pipeline mode, each
   statement followed by a sync (its own transaction), replies read later.
   Once sent, the bytes are the kernel's, and Postgres runs and commits a
-  statement it has received even if the client is gone by then. One side
-  connection per worker, shared by its slots.
+  statement it has received even if the client is gone by then, but only
+  the first one it has not answered yet: answering it to a dead client
+  fails, and the backend exits without reading the statements after it.
+  So one statement at most is in flight: a new one waits for the replies of
+  those before it (there already, as a rule). One side connection per
+  worker, shared by its slots.
 - **Quarantine.** After a crash, dequeue cannot blame a job that ran
   alongside others of its process (see sql/functions.sql): such jobs run
   again alone. A job that has crashed before (``crashes > 0``, claimed
@@ -284,7 +288,9 @@ class Supervisor:
 
     def _send(self, query: bytes, params: Sequence[bytes | None]) -> None:
         """Send a statement and a sync on the side connection (side lock held), once more on
-        a new connection if the old one is gone. Reads the replies already there first."""
+        a new connection if the old one is gone. Waits for the replies of the statements
+        sent before first: if the process dies, Postgres runs a statement it has received
+        only when it owes no earlier reply (see the module docstring)."""
         for retry in (False, True):
             try:
                 if self._side is None or self._side.closed or self._side.broken:
@@ -293,8 +299,9 @@ class Supervisor:
                     self._side.pgconn.enter_pipeline_mode()
                 pgconn = self._side.pgconn
                 pgconn.consume_input()
-                self._read(pgconn)
+                self._drain(self._side)
                 if query == q.START_JOBS:
+                    # In the same transaction, and no reply is flushed before the sync.
                     self._send_one(pgconn, q.START_SETTINGS, None)
                 self._send_one(pgconn, query, params)
                 pgconn.pipeline_sync()

@@ -17,7 +17,9 @@
 --
 -- Crashed attempts: before a handler runs, its worker records the start (the
 -- attempt number) in pgqueue.job_starts on a second connection, committed
--- outside the job's transaction. A pending job that nobody holds and whose
+-- outside the job's transaction, in a row of the claim's own (job_id, token):
+-- it must not wait for the job's transaction, which may have settled (and
+-- deleted) an earlier start of the job. A pending job that nobody holds and whose
 -- start is ahead of its attempts crashed its worker (or lost it). If that
 -- worker process ran no other attempt at the time (none of its other starts
 -- is unfinished, and the claim was of one job), the job is to blame: dequeue
@@ -251,6 +253,11 @@ $$;
 -- that never finished either (marked shared now, for when they are
 -- settled): count a crash but not an attempt, and leave the job due. Either
 -- way crashes + 1 (not for a timeout). Returns the job as it is now.
+--
+-- A job has a start per claim (job_id, token). The newest one ahead is the
+-- last attempt, which decides; an older one ahead is a crash settled in a
+-- transaction that died with the process of the newer attempt (a crash of
+-- its own, counted too). All the starts ahead are settled at once.
 CREATE OR REPLACE FUNCTION pgqueue.settle_crashed(p_job pgqueue.jobs) RETURNS pgqueue.jobs
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgqueue, pg_temp
@@ -259,11 +266,20 @@ DECLARE
     v_start pgqueue.job_starts;
     v_job pgqueue.jobs;
     v_error text;
+    v_starts pgqueue.job_starts[];
+    v_older integer;  -- older starts ahead: crashes whose settlement was rolled back
 BEGIN
-    DELETE FROM pgqueue.job_starts s WHERE s.job_id = p_job.id RETURNING * INTO v_start;
-    IF NOT FOUND OR v_start.attempt <= p_job.attempts THEN
+    WITH settled AS (
+        DELETE FROM pgqueue.job_starts s
+        WHERE s.job_id = p_job.id AND s.attempt > p_job.attempts
+        RETURNING *
+    )
+    SELECT array_agg(s ORDER BY s.attempt DESC, s.started_at DESC) INTO v_starts FROM settled s;
+    IF v_starts IS NULL THEN
         RETURN p_job;
     END IF;
+    v_start := v_starts[1];
+    v_older := cardinality(v_starts) - 1;
     IF v_start.timed_out IS NULL AND v_start.process IS NOT NULL THEN
         WITH others AS (
             UPDATE pgqueue.job_starts s SET shared = true
@@ -276,7 +292,7 @@ BEGIN
         SELECT v_start.shared OR count(*) > 0 INTO v_start.shared FROM others;
     END IF;
     IF v_start.shared AND v_start.timed_out IS NULL THEN
-        UPDATE pgqueue.jobs SET crashes = crashes + 1, updated_at = now()
+        UPDATE pgqueue.jobs SET crashes = crashes + 1 + v_older, updated_at = now()
         WHERE id = p_job.id
         RETURNING * INTO v_job;
         RETURN v_job;
@@ -292,8 +308,11 @@ BEGIN
             ' the process (os._exit, a segfault, out of memory), or the worker was killed or lost'
             ' its database connection.',
             v_start.attempt, p_job.max_attempts, coalesce(v_start.worker, '?'), v_start.started_at);
-        UPDATE pgqueue.jobs SET crashes = crashes + 1 WHERE id = p_job.id;
-        p_job.crashes := p_job.crashes + 1;
+        v_older := v_older + 1;
+    END IF;
+    IF v_older > 0 THEN
+        UPDATE pgqueue.jobs SET crashes = crashes + v_older WHERE id = p_job.id;
+        p_job.crashes := p_job.crashes + v_older;
     END IF;
     SELECT * INTO v_job
     FROM pgqueue.fail_attempt(p_job, v_start.attempt, v_error, v_start.next_at);
@@ -342,7 +361,8 @@ BEGIN
         LIMIT 100
         FOR UPDATE SKIP LOCKED
     LOOP
-        SELECT * INTO v_start FROM pgqueue.job_starts s WHERE s.job_id = v_job.id;
+        SELECT * INTO v_start FROM pgqueue.job_starts s WHERE s.job_id = v_job.id
+        ORDER BY s.attempt DESC, s.started_at DESC LIMIT 1;
         IF v_start.timed_out IS NULL THEN
             v_job.crashes := v_job.crashes + 1;
             UPDATE pgqueue.jobs SET crashes = v_job.crashes WHERE id = v_job.id;

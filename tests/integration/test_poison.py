@@ -19,6 +19,7 @@ import pytest
 from worker_helpers import DEADLINE, create_results_table, result_ids
 
 import pgqueue
+from pgqueue import _queries as q
 
 WORKER_SCRIPT = textwrap.dedent(
     """
@@ -221,3 +222,42 @@ def test_jobs_running_beside_a_poison_job_are_not_blamed(
         assert (other.status, other.attempts, other.crashes) == ("completed", 1, 1)
         assert other.last_error is None
     assert result_ids(conn) == slow
+
+
+def test_a_crash_in_quarantine_is_blamed_even_when_the_claim_died_with_it(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """The start record of a job claimed in the transaction that settled its last crash is
+    committed at once (it does not wait for that transaction), and when the process dies
+    with the claim, rolling its settlement back, the next dequeue blames the job."""
+    poison = pgqueue.add_job_to_queue(conn, name="poison", max_attempts=3)
+    other = pgqueue.add_job_to_queue(conn, name="work", priority=9)
+    # Process 1 died running both (their start records as it left them).
+    conn.execute(
+        "INSERT INTO pgqueue.job_starts (job_id, attempt, process, token)"
+        " VALUES (%s, 1, 1, 11), (%s, 1, 1, 12)",
+        (poison, other),
+    )
+    with psycopg.connect(dsn) as claim:
+        # Process 2: its crash shared, it is claimed alone, in quarantine.
+        rows = claim.execute(
+            "SELECT id, attempts, crashes FROM pgqueue.dequeue(1, NULL, ARRAY['poison'])"
+        ).fetchall()
+        assert rows == [(poison, 1, 1)]
+        with psycopg.connect(dsn, autocommit=True) as side:
+            side.execute("SET lock_timeout = '5s'")
+            # The worker's own statement (pgqueue.supervisor sends it through libpq).
+            result = side.pgconn.exec_params(
+                q.START_JOBS,
+                [f"{{{poison}}}".encode(), b"{1}", b"{NULL}", b"w", b"2", b"21", b"{}", b"{}"],
+            )
+            assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, result.error_message
+        # The handler kills process 2: its transaction is rolled back.
+        claim.rollback()
+    # Process 3: the crash of process 2 was the job's alone, counted after the first.
+    assert conn.execute("SELECT * FROM pgqueue.dequeue(1, NULL, ARRAY['poison'])").fetchall() == []
+    job = pgqueue.get_job(conn, poison)
+    assert job is not None
+    assert (job.status, job.attempts, job.crashes) == (pgqueue.JobStatus.PENDING, 1, 2)
+    assert job.last_error is not None
+    assert "crashed attempt 1 of 3" in job.last_error
