@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import ceiling, charts, drain, enqueue, latency, memory, peers, report, scale
+from . import ceiling, charts, drain, enqueue, floor, latency, memory, peers, report, scale
 from .plan import Plan, make_plan
 from .server import Server, embedded_server, given_server, machine_info
 
@@ -29,6 +29,7 @@ SCENARIOS: dict[str, Callable[[Server, Plan, Any], dict[str, Any]]] = {
     "latency": latency.run,
     "scale": scale.run,
     "ceiling": ceiling.run,
+    "floor": floor.run,
     "peers": peers.run,
     "memory": memory.run,
 }

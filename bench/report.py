@@ -73,6 +73,7 @@ def _drain(s: dict[str, Any]) -> str:
     if _err(data):
         return f"Not measured: {_err(data)}"
     ceiling = s.get("ceiling") or {}
+    floor = s.get("floor") or {}
     rows = []
     for value in data.values():
         if not isinstance(value, dict) or "median" not in value:
@@ -80,6 +81,8 @@ def _drain(s: dict[str, Any]) -> str:
         slots = value["threads"] * value["processes"]
         table = "batch_50" if value.get("batch_size") else "batch_1"
         ref = (ceiling.get(table) or {}).get(str(slots), {}).get("jobs_per_s")
+        kind = "batch" if value.get("batch_size") else "threads"
+        floor_ref = (floor.get(f"{kind}_{slots}") or {}).get("median")
         shape = (
             f"{value['processes']} processes x {value['threads']} threads"
             if value["processes"] > 1
@@ -94,9 +97,12 @@ def _drain(s: dict[str, Any]) -> str:
                 _rate(value["median"]),
                 _rate(value["best"]),
                 f"{_x(ratio(value['median'], ref))} of {table.replace('batch_', '')}-job ceiling @ {slots}",
+                _x(ratio(value["median"], floor_ref)),
             ]
         )
-    text = _table(["Worker", "Jobs", "jobs/s (median)", "best", "vs pgbench"], rows)
+    text = _table(
+        ["Worker", "Jobs", "jobs/s (median)", "best", "vs pgbench", "vs Python's floor"], rows
+    )
     note = (data.get("batch_mode") or {}).get("note")
     return text + (f"\n\n{note}." if note else "")
 
@@ -183,6 +189,35 @@ def _ceiling(s: dict[str, Any]) -> str:
         _table(["Jobs/tx", "Clients", "jobs/s", "tps", "Rows deleted", "Ran dry"], rows)
         + "\n\n"
         + script
+    )
+
+
+def _floor(s: dict[str, Any]) -> str:
+    data: Any = s.get("floor")
+    if _err(data):
+        return f"Not measured: {_err(data)}"
+    ceiling = s.get("ceiling") or {}
+    rows = []
+    for key, value in data.items():
+        if not isinstance(value, dict) or "median" not in value:
+            continue
+        kind, slots = key.rsplit("_", 1)
+        table = "batch_50" if kind == "batch" else "batch_1"
+        ref = (ceiling.get(table) or {}).get(slots, {}).get("jobs_per_s")
+        rows.append(
+            [
+                f"{slots} thread(s)" + (", 50 jobs/tx" if kind == "batch" else ", 1 job/tx"),
+                f"{value['jobs']:,}",
+                _rate(value["median"]),
+                _rate(value["best"]),
+                f"{_x(ratio(value['median'], ref))} of {table.replace('batch_', '')}-job ceiling @ {slots}",
+            ]
+        )
+    return (
+        _table(["Python floor", "Jobs", "jobs/s (median)", "best", "vs pgbench"], rows)
+        + "\n\nThreads in one process, libpq pipeline (psycopg.pq), pgqueue's transaction shape"
+        " and nothing else: BEGIN + a minimal SKIP LOCKED claim + SAVEPOINT, then UPDATE + COMMIT"
+        " (batches: one RELEASE + SAVEPOINT round trip per further job); see bench/floor.py."
     )
 
 
@@ -296,6 +331,8 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
         _scale(s),
         "## 5. The ceiling (pgbench, minimal SKIP LOCKED dequeue-and-delete)",
         _ceiling(s),
+        "## 5b. Python's floor (pgqueue's transaction shape, no bookkeeping)",
+        _floor(s),
         "## 6. Peers (same server, separate databases)",
         _peers(s, results),
         "## 7. Worker memory",

@@ -1,0 +1,131 @@
+"""Scenario 5b, Python's floor: the least a Python process can spend per job with pgqueue's transaction shape.
+
+The pgbench ceiling is C code deleting a job in one statement. A Python worker
+that runs its handler inside the job's transaction needs two round trips per
+job (claim; complete and commit) and a savepoint, and it shares the machine's
+cores with Postgres. This measures that shape with nothing else: threads in one
+process, each on its own connection, sending through libpq directly (pipeline
+mode, one write per round trip, as pgqueue does) BEGIN + a minimal
+``FOR UPDATE SKIP LOCKED`` claim + SAVEPOINT, then an UPDATE to completed +
+COMMIT, on pgqueue's own table. No start records, no handler call, no job
+record: what is left between this floor and the pgbench ceiling is Python and
+the round trips; what is left between pgqueue and this floor is pgqueue's own
+bookkeeping. Batch mode's shape too: claim 50, one RELEASE + SAVEPOINT round
+trip per job, one UPDATE and COMMIT.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+import time
+from typing import Any, Final
+
+import psycopg
+from psycopg import pq
+
+from .loading import bulk_enqueue, pending_count, vacuum_analyze
+from .plan import Plan
+from .server import Server
+from .stats import summarize
+
+_CLAIM: Final = (
+    b"SELECT id FROM pgqueue.jobs WHERE status = 'pending' AND scheduled_at <= now()"
+    b" ORDER BY priority, scheduled_at, id LIMIT %d FOR UPDATE SKIP LOCKED"
+)
+_DONE: Final = (
+    b"UPDATE pgqueue.jobs SET status = 'completed', attempts = attempts + 1,"
+    b" completed_at = now(), updated_at = now() WHERE id = ANY ($1::bigint[])"
+)
+
+
+def _replies(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
+    """Every result up to the next sync (raises on an error)."""
+    results = []
+    while True:
+        while pgconn.is_busy():
+            select.select([pgconn.socket], [], [])
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            continue
+        if result.status == pq.ExecStatus.PIPELINE_SYNC:
+            return results
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.DatabaseError((result.error_message or b"").decode())
+        results.append(result)
+
+
+def _trip(pgconn: pq.abc.PGconn, statements: list[tuple[bytes, list[bytes] | None]]) -> Any:
+    for name, params in statements:
+        if name.startswith(b"floor_"):
+            pgconn.send_query_prepared(name, params)
+        else:
+            pgconn.send_query_params(name, params)
+    pgconn.pipeline_sync()
+    while pgconn.flush():
+        select.select([], [pgconn.socket], [])
+    return _replies(pgconn)
+
+
+def _slot(dsn: str, batch: int, done: list[int]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pgconn = conn.pgconn
+        pgconn.enter_pipeline_mode()
+        pgconn.send_prepare(b"floor_claim", _CLAIM % batch)
+        pgconn.send_prepare(b"floor_done", _DONE)
+        pgconn.pipeline_sync()
+        pgconn.flush()
+        _replies(pgconn)
+        count = 0
+        while True:
+            claim = _trip(
+                pgconn, [(b"BEGIN", None), (b"floor_claim", None), (b"SAVEPOINT s", None)]
+            )[1]
+            ids = [claim.get_value(row, 0) for row in range(claim.ntuples)]
+            if not ids:
+                _trip(pgconn, [(b"ROLLBACK", None)])
+                break
+            for _ in ids[1:]:  # a savepoint per further job of a batch
+                _trip(pgconn, [(b"RELEASE SAVEPOINT s", None), (b"SAVEPOINT s", None)])
+            array = b"{" + b",".join(i or b"" for i in ids) + b"}"
+            _trip(pgconn, [(b"floor_done", [array]), (b"COMMIT", None)])
+            count += len(ids)
+        done.append(count)
+
+
+def drain(dsn: str, threads: int, batch: int) -> float:
+    """jobs/s of ``threads`` floor slots over everything queued."""
+    done: list[int] = []
+    slots = [threading.Thread(target=_slot, args=(dsn, batch, done)) for _ in range(threads)]
+    start = time.perf_counter()
+    for slot in slots:
+        slot.start()
+    for slot in slots:
+        slot.join()
+    elapsed = time.perf_counter() - start
+    with psycopg.connect(dsn) as conn:
+        left = pending_count(conn)
+    if left or len(done) != threads:
+        raise RuntimeError(
+            f"the floor left {left} jobs pending ({len(done)}/{threads} slots ended)"
+        )
+    return sum(done) / elapsed
+
+
+def run(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
+    """The floor at the drain scenario's thread counts, one job per transaction and batches of 50."""
+    cases = {f"threads_{n}": (n, 1) for n in plan.drain_threads}
+    cases.update({f"batch_{n}": (n, plan.batch_size) for n in plan.batch_threads})
+    samples: dict[str, list[float]] = {key: [] for key in cases}
+    for repeat in range(plan.repeats):
+        for key, (threads, batch) in cases.items():
+            with server.database(f"floor_{key}") as dsn:
+                bulk_enqueue(dsn, plan.drain_jobs)
+                vacuum_analyze(dsn)
+                rate = drain(dsn, threads, batch)
+            samples[key].append(rate)
+            log(
+                f"  floor {key:<12} {plan.drain_jobs:>7} jobs  {rate:>9.0f} jobs/s  (run {repeat + 1})"
+            )
+    return {key: summarize(samples[key], jobs=plan.drain_jobs) for key in cases}
