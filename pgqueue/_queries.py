@@ -213,10 +213,11 @@ RESET_TIMEOUTS: Final = "RESET statement_timeout; RESET idle_in_transaction_sess
 
 # Crashed attempts: on the worker's side connection, outside the jobs' transaction, sent
 # through libpq directly (pgqueue.supervisor), hence the $n placeholders; all text parameters.
-# Record that the attempts of a claim (claimed together by a worker's transaction, still open)
-# start now, in a transaction of their own committed before the handlers run ($1 ids, $2 attempt
-# numbers, $3 next runs of jobs on a schedule; $4 worker, $5 process, $6 the claim's token:
-# pgqueue.job_starts says what each means), and drop the start records of attempts the worker
+# Record that the attempts of claims (each claimed by a worker's transaction, still open) start
+# now, in a transaction of their own committed before the handlers run ($1 ids, $2 attempt
+# numbers, $3 next runs of jobs on a schedule, $6 their claims' tokens, $9 whether their claim
+# has other jobs; $4 worker, $5 process: pgqueue.job_starts says what each means; several
+# claims of a worker's slots may go in one statement), and drop the start records of attempts the worker
 # has finished since ($7 ids, $8 their claims' tokens: not a newer attempt's), which the job's own
 # transaction leaves, to stay short. This may even arrive after the job's outcome, on its other
 # connection, and leave a record of a finished attempt, which never counts (its attempt is not
@@ -231,8 +232,9 @@ START_JOBS: Final = (
     b" WHERE s.job_id = d.id AND s.token = d.token)"
     b" INSERT INTO pgqueue.job_starts AS s"
     b" (job_id, attempt, shared, next_at, worker, process, token)"
-    b" SELECT u.id, u.attempt, cardinality($1::bigint[]) > 1, u.next_at, $4, $5::bigint, $6::bigint"
-    b" FROM unnest($1::bigint[], $2::integer[], $3::timestamptz[]) AS u(id, attempt, next_at)"
+    b" SELECT u.id, u.attempt, u.shared, u.next_at, $4, $5::bigint, u.token"
+    b" FROM unnest($1::bigint[], $2::integer[], $3::timestamptz[], $6::bigint[], $9::boolean[])"
+    b" AS u(id, attempt, next_at, token, shared)"
     b" ON CONFLICT (job_id, token) DO UPDATE"
     b" SET attempt = excluded.attempt, shared = excluded.shared, started_at = now(),"
     b" next_at = excluded.next_at, worker = excluded.worker, process = excluded.process,"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from worker_helpers import DEADLINE, create_results_table, result_ids
 
 import pgqueue
 from pgqueue import _queries as q
+from pgqueue.supervisor import Supervisor
 
 WORKER_SCRIPT = textwrap.dedent(
     """
@@ -249,7 +251,10 @@ def test_a_crash_in_quarantine_is_blamed_even_when_the_claim_died_with_it(
             # The worker's own statement (pgqueue.supervisor sends it through libpq).
             result = side.pgconn.exec_params(
                 q.START_JOBS,
-                [f"{{{poison}}}".encode(), b"{1}", b"{NULL}", b"w", b"2", b"21", b"{}", b"{}"],
+                [
+                    *(f"{{{poison}}}".encode(), b"{1}", b"{NULL}", b"w", b"2", b"{21}"),
+                    *(b"{}", b"{}", b"{f}"),
+                ],
             )
             assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, result.error_message
         # The handler kills process 2: its transaction is rolled back.
@@ -261,3 +266,52 @@ def test_a_crash_in_quarantine_is_blamed_even_when_the_claim_died_with_it(
     assert (job.status, job.attempts, job.crashes) == (pgqueue.JobStatus.PENDING, 1, 2)
     assert job.last_error is not None
     assert "crashed attempt 1 of 3" in job.last_error
+
+
+def test_the_start_records_of_slots_waiting_for_the_side_connection_go_in_one_statement(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Claims whose starts queue up while the side connection is busy are recorded together,
+    each with its own token and its own shared flag (a claim of one job is not shared)."""
+    ids = pgqueue.add_jobs_to_queue(conn, [{"name": "w"} for _ in range(4)])
+    jobs = [pgqueue.get_job(conn, job_id) for job_id in ids]
+    assert all(job is not None for job in jobs)
+    supervisor = Supervisor(
+        lambda: psycopg.connect(dsn, autocommit=True),
+        worker_id="test:1",
+        on_orphan=lambda owner, watch: None,
+    )
+    sends: list[int] = []
+    send = supervisor._send
+
+    def counting_send(query: bytes, params: Any) -> None:
+        sends.append(len(params[0].split(b",")))
+        send(query, params)
+
+    supervisor._send = counting_send  # type: ignore[method-assign]
+    claims = [([jobs[0]], 101), ([jobs[1]], 102), ([jobs[2], jobs[3]], 103)]
+    with supervisor._side_lock:  # the side connection is busy
+        threads = [threading.Thread(target=supervisor.start_claim, args=claim) for claim in claims]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + DEADLINE
+        while len(supervisor._queued) < len(claims) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(DEADLINE)
+    try:
+        assert sends == [4]  # one statement for the three claims
+        supervisor._call(q.FORGET_STARTS, [b"{}", b"0"])  # waits for the replies
+        rows = conn.execute(
+            "SELECT job_id, token, shared FROM pgqueue.job_starts ORDER BY job_id"
+        ).fetchall()
+        assert rows == [
+            (ids[0], 101, False),
+            (ids[1], 102, False),
+            (ids[2], 103, True),
+            (ids[3], 103, True),
+        ]
+    finally:
+        for token in (101, 102, 103):
+            supervisor.end_claim(token)
+        supervisor.stop()
