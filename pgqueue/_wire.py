@@ -23,9 +23,10 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import errors, pq
+from psycopg.abc import Buffer
 from psycopg.adapt import PyFormat, Transformer
 
-__all__ = ["ClaimTransaction", "Statement"]
+__all__ = ["ClaimTransaction", "Statement", "send_statement"]
 
 # The names prepared on each connection.
 _prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = (
@@ -176,13 +177,7 @@ class ClaimTransaction:
             else None
         )
         name = statement.prepared_as if self._prepare else None
-        if name is None:
-            pgconn.send_query_params(statement.sql, params)
-            return
-        if name not in self._prepared:
-            pgconn.send_prepare(name, statement.sql)
-            self._prepared.add(name)
-        pgconn.send_query_prepared(name, params)
+        send_statement(pgconn, statement.sql, params, name, self._prepared)
 
     def _replies(self, pgconn: pq.abc.PGconn, count: int) -> list[pq.abc.PGresult]:
         results: list[pq.abc.PGresult] = []
@@ -207,6 +202,24 @@ class ClaimTransaction:
         if len(results) != count:
             raise psycopg.InterfaceError(f"expected {count} results, got {len(results)}")
         return results
+
+
+def send_statement(
+    pgconn: pq.abc.PGconn,
+    sql: bytes,
+    params: Sequence[Buffer | None] | None,
+    name: bytes | None,
+    prepared: set[bytes],
+) -> None:
+    """Queue one statement in pipeline mode: unnamed when ``name`` is None, else prepared as
+    ``name`` first if it is not in ``prepared`` (the names prepared on the connection)."""
+    if name is None:
+        pgconn.send_query_params(sql, params)
+        return
+    if name not in prepared:
+        pgconn.send_prepare(name, sql)
+        prepared.add(name)
+    pgconn.send_query_prepared(name, params)
 
 
 def _is_prepare(result: pq.abc.PGresult) -> bool:

@@ -354,7 +354,8 @@ def user_handler(handler: H | Mapping[str, H], job: JobRecord) -> H:
 
 
 def is_plain(job: JobRecord) -> bool:
-    """Whether completing ``job`` is only marking it completed (q.COMPLETE_PLAIN): it neither
+    """Whether completing ``job`` is only marking it completed (q.COMPLETE_ONE_WIRE or
+    q.COMPLETE_PLAIN_WIRE): it neither
     recurs (the built-in recurring job) nor repeats on a schedule of its own."""
     return job.schedule is None and job.name != RECURRING_JOB_NAME
 

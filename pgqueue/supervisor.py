@@ -49,6 +49,7 @@ import psycopg
 from psycopg import pq
 
 from . import _queries as q
+from ._wire import send_statement
 from .builtins import BUILTIN_NAMES, next_run
 from .errors import ConnectError
 from .records import JobRecord
@@ -360,13 +361,7 @@ class Supervisor:
         self, pgconn: pq.abc.PGconn, query: bytes, params: Sequence[bytes | None] | None
     ) -> None:
         name = _PREPARED.get(query) if self._prepare else None
-        if name is None:
-            pgconn.send_query_params(query, params)
-            return
-        if name not in self._prepared:
-            pgconn.send_prepare(name, query)
-            self._prepared.add(name)
-        pgconn.send_query_prepared(name, params)
+        send_statement(pgconn, query, params, name, self._prepared)
 
     def _read(self, pgconn: pq.abc.PGconn) -> None:
         """Process the replies that have arrived (side lock held); log the statements that failed."""
