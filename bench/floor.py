@@ -6,12 +6,14 @@ job (claim; complete and commit) and a savepoint, and it shares the machine's
 cores with Postgres. This measures that shape with nothing else: threads in one
 process, each on its own connection, sending through libpq directly (pipeline
 mode, one write per round trip, as pgqueue does) BEGIN + a minimal
-``FOR UPDATE SKIP LOCKED`` claim + SAVEPOINT, then an UPDATE to completed +
-COMMIT, on pgqueue's own table. No start records, no handler call, no job
+``FOR UPDATE SKIP LOCKED`` claim + SAVEPOINT, then RELEASE SAVEPOINT + an
+UPDATE to completed + COMMIT, on pgqueue's own table (the UPDATE outside the
+savepoint, as pgqueue does: inside it, Postgres makes a MultiXact per job and
+the claims slow down as they walk index entries no scan can mark dead). No start records, no handler call, no job
 record: what is left between this floor and the pgbench ceiling is Python and
 the round trips; what is left between pgqueue and this floor is pgqueue's own
 bookkeeping. Batch mode's shape too: claim 50, one RELEASE + SAVEPOINT round
-trip per job, one UPDATE and COMMIT.
+trip per job, one RELEASE + UPDATE + COMMIT.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def _slot(dsn: str, batch: int, done: list[int]) -> None:
             for _ in ids[1:]:  # a savepoint per further job of a batch
                 _trip(pgconn, [(b"RELEASE SAVEPOINT s", None), (b"SAVEPOINT s", None)])
             array = b"{" + b",".join(i or b"" for i in ids) + b"}"
-            _trip(pgconn, [(b"floor_done", [array]), (b"COMMIT", None)])
+            _trip(
+                pgconn,
+                [(b"RELEASE SAVEPOINT s", None), (b"floor_done", [array]), (b"COMMIT", None)],
+            )
             count += len(ids)
         done.append(count)
 

@@ -96,7 +96,7 @@ class ClaimRunner:
         SAVEPOINT in one; the start records on the side connection, sent
         without waiting; one more (RELEASE + SAVEPOINT) before each further job
         of a batch, and one before each job with a timeout (Postgres's own
-        limits); then the completions, the failures and COMMIT in one.
+        limits); then RELEASE, the completions, the failures and COMMIT in one.
         """
         if slot.claims is None or slot.claims.conn is not conn:
             slot.claims = ClaimTransaction(conn, prepare=self.prepare)
@@ -186,7 +186,12 @@ class ClaimRunner:
                     tx.run([Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE)])
                     limits = before
                     failed.append((job, error))
-            results = tx.commit(self._outcomes(done, failed))
+            # Released first: an UPDATE in the savepoint of a row that the transaction itself
+            # locked makes Postgres record both lockers in a MultiXact, one per job, which no
+            # index scan can mark dead (every later claim walks them until a vacuum).
+            results = tx.commit(
+                [Statement(q.RELEASE_SAVEPOINT_WIRE), *self._outcomes(done, failed)]
+            )
             fails = results[len(results) - len(failed) :] if failed else []
             finished = ids
         except _Abandoned:

@@ -5,11 +5,14 @@ Each slot (thread) owns one connection and runs, per job:
 1. ``BEGIN; SELECT ... FROM pgqueue.dequeue(...); SAVEPOINT`` in one round trip
    (psycopg pipeline mode); the job's row stays locked by this transaction.
 2. ``handler(conn, job)`` on that connection, inside the transaction.
-3. Success: ``pgqueue.complete(id); COMMIT`` in one round trip: the handler's
-   writes and the completion commit together.
-   Failure: ``ROLLBACK TO SAVEPOINT; pgqueue.fail(id, error); COMMIT``: the
-   handler's writes vanish, the failed attempt is recorded and the job is
-   scheduled again with backoff (or marked failed when out of attempts).
+3. Success: ``RELEASE SAVEPOINT; pgqueue.complete(id); COMMIT`` in one round
+   trip: the handler's writes and the completion commit together.
+   Failure: ``ROLLBACK TO SAVEPOINT``, then ``RELEASE SAVEPOINT;
+   pgqueue.fail(id, error); COMMIT``: the handler's writes vanish, the failed
+   attempt is recorded and the job is scheduled again with backoff (or marked
+   failed when out of attempts). The outcome is written outside the savepoint,
+   by the transaction that locked the row: written inside it, Postgres would
+   create a MultiXact per job (see ``ClaimRunner._process_batch``).
 
 A worker that dies mid-job loses nothing: Postgres rolls the transaction back
 and the job is due again. Idle slots sleep until a NOTIFY (one listener

@@ -3,7 +3,9 @@
 Each slot (a task) holds one AsyncConnection and runs, per job, in one async transaction:
 ``BEGIN``, ``pgqueue.dequeue`` (one job, its row locked until the end), ``SAVEPOINT``; the start
 record (pgqueue.supervisor, sent from a thread); ``await handler(conn, job)``; then
-``pgqueue.complete`` and ``COMMIT``, or ``ROLLBACK TO SAVEPOINT``, ``pgqueue.fail`` and ``COMMIT``.
+``RELEASE SAVEPOINT``, ``pgqueue.complete`` and ``COMMIT``, or ``ROLLBACK TO SAVEPOINT`` +
+``RELEASE SAVEPOINT``, ``pgqueue.fail`` and ``COMMIT`` (the outcome outside the savepoint: no
+MultiXact per job, see pgqueue.claim).
 The statements, what a handler's exception or a transaction left open means, the log lines and
 the counts are the blocking worker's own (pgqueue._queries, pgqueue.claim, pgqueue._options).
 """
@@ -409,10 +411,12 @@ class AsyncJobQueueWorker:
             await self._in_thread(self._supervisor.start_claim, [job], token)
             recorded = True
             error, result = await self._attempt(conn, job)
+            # The outcome is written outside the savepoint (see ClaimRunner._process_batch).
             if error is None:
+                await conn.execute(q.RELEASE_SAVEPOINT)
                 await conn.execute(q.COMPLETE, (job.id, result, next_run(job, datetime.now(UTC))))
             elif conn.info.transaction_status != TransactionStatus.IDLE:
-                await conn.execute(q.ROLLBACK_TO_SAVEPOINT)
+                await conn.execute(q.ROLLBACK_AND_RELEASE_SAVEPOINT)
                 fail = await self._fail(conn, job, error)
             await tx.__aexit__(None, None, None)
             if error is not None and fail is None:
