@@ -11,11 +11,20 @@ The handler still gets the psycopg connection, inside the claim's transaction:
 between :meth:`ClaimTransaction.begin` and its end the transaction counts as a
 psycopg transaction block (``conn.transaction()`` nests a savepoint,
 ``conn.commit()`` raises), as if opened by ``conn.transaction()``.
+
+Prepared statements: psycopg drops every prepared statement of its connection
+(``DEALLOCATE ALL``) after a ROLLBACK, DROP or ALTER that a handler sends through
+it once psycopg has prepared statements of its own. So statements are prepared
+only in :meth:`ClaimTransaction.begin`, whose round trip is retried when one is
+missing; the later round trips of a transaction use the prepared ones. When one
+of those has vanished meanwhile, the transaction is lost (:class:`StatementDropped`:
+its jobs run again) and the connection sends that statement unnamed from then on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import select
 import weakref
 from collections.abc import Sequence
@@ -26,13 +35,20 @@ from psycopg import errors, pq
 from psycopg.abc import Buffer
 from psycopg.adapt import PyFormat, Transformer
 
-__all__ = ["ClaimTransaction", "Statement", "send_statement"]
+__all__ = ["ClaimTransaction", "Statement", "StatementDropped", "send_statement", "statement_name"]
 
 # The names prepared on each connection.
 _prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = (
     weakref.WeakKeyDictionary()
 )
+# The names that vanished inside a transaction of each connection (a handler's doing): not
+# prepared there again.
+_dropped: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = (
+    weakref.WeakKeyDictionary()
+)
 
+_MISSING = b"26000"  # invalid_sql_statement_name: no such prepared statement
+_DUPLICATE = b"42P05"  # duplicate_prepared_statement
 _BEGIN = b"BEGIN"
 _COMMIT = b"COMMIT"
 _ROLLBACK = b"ROLLBACK"
@@ -41,16 +57,17 @@ _ROLLBACK = b"ROLLBACK"
 class Statement(NamedTuple):
     """One statement of a round trip: ``$n`` placeholders, Python values (dumped as text by
     psycopg's adapters: cast each parameter in the SQL), and the name it is prepared as once
-    per connection (None: not prepared).
-
-    Only the statements of :meth:`ClaimTransaction.begin` may be prepared: psycopg drops every
-    prepared statement of its connection after a ROLLBACK, DROP or ALTER a handler sends
-    through it, and a missing one aborts the transaction (``begin`` prepares again and retries).
+    per connection (None: not prepared; see the module docstring for when).
     """
 
     sql: bytes
     params: Sequence[Any] = ()
     prepared_as: bytes | None = None
+
+
+class StatementDropped(Exception):
+    """A statement prepared on the connection vanished during the transaction (its handler
+    made psycopg drop it, or dropped it): the transaction is aborted, still open."""
 
 
 class ClaimTransaction:
@@ -65,27 +82,32 @@ class ClaimTransaction:
         self._prepare = prepare
         # What is prepared belongs to the connection (a pool's goes from slot to slot).
         self._prepared = _prepared.setdefault(conn, set())
+        self._dropped = _dropped.setdefault(conn, set())
         self._adapt = Transformer(conn)
         #: A claim's transaction is open (begun, not yet ended).
         self.open = False
 
-    def begin(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
-        """BEGIN, then ``statements``, in one round trip; their results. On an error the
-        transaction is rolled back and the error raised (as psycopg would raise it)."""
+    def begin(
+        self, statements: Sequence[Statement], *, later: Sequence[Statement] = ()
+    ) -> list[pq.abc.PGresult]:
+        """BEGIN, then ``statements``, in one round trip; their results. ``later``: statements
+        of the transaction's later round trips, prepared here if they are not yet. On an error
+        the transaction is rolled back and the error raised (as psycopg would raise it); tried
+        again first when a prepared statement was missing, or there after all."""
         assert not self.open
-        for retry in (False, True):
+        # Each failed try puts at least one name right (the first that failed).
+        tries = 1 + sum(1 for s in [*statements, *later] if s.prepared_as is not None)
+        for attempt in range(tries):
             try:
-                results = self._round_trip([Statement(_BEGIN), *statements])
+                results = self._round_trip([Statement(_BEGIN), *statements], later=later)
             except (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatement) as exc:
-                # Our prepared statements are gone (see Statement), or there after all.
-                names = {s.prepared_as for s in statements if s.prepared_as is not None}
+                # _replies has put the names right: prepare again, or use what is there. One
+                # missing: likely all gone (DEALLOCATE ALL), the ones not sent here too.
                 if isinstance(exc, errors.InvalidSqlStatementName):
-                    self._prepared.difference_update(names)
-                else:
-                    self._prepared.update(names)
+                    self._prepared.clear()
                 with contextlib.suppress(psycopg.Error):
                     self._end_on_server()
-                if retry:
+                if attempt == tries - 1:
                     raise
                 continue
             except BaseException:
@@ -106,12 +128,17 @@ class ClaimTransaction:
         """``statements``, then COMMIT, in one round trip; their results.
 
         When a statement fails the error is raised and the transaction stays open
-        (aborted: end it with :meth:`rollback`). When the COMMIT itself fails, the
-        server has rolled everything back: the transaction is over and its error raised.
+        (aborted: end it with :meth:`rollback`); :class:`StatementDropped` when it was a
+        prepared one that vanished. When the COMMIT itself fails, the server has rolled
+        everything back: the transaction is over and its error raised.
         """
         assert self.open
         try:
             results = self._round_trip([*statements, Statement(_COMMIT)])
+        except errors.InvalidSqlStatementName as exc:
+            # Not prepared here again (a handler that drops it once may do so every time).
+            self._dropped.update(s.prepared_as for s in statements if s.prepared_as is not None)
+            raise StatementDropped(str(exc)) from exc
         except BaseException:
             if self._status() == pq.TransactionStatus.IDLE:
                 self.release()
@@ -150,18 +177,44 @@ class ClaimTransaction:
         ):
             self._round_trip([Statement(_ROLLBACK)])
 
-    def _round_trip(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+    def _named(self, statement: Statement) -> bytes | None:
+        """The name ``statement`` may be prepared as on this connection (None: unnamed)."""
+        name = statement.prepared_as
+        return name if self._prepare and name not in self._dropped else None
+
+    def _round_trip(
+        self, statements: Sequence[Statement], *, later: Sequence[Statement] | None = None
+    ) -> list[pq.abc.PGresult]:
         """Send ``statements`` and one sync, wait for every reply; each statement's result.
-        Raises the first error, as psycopg would, once all replies are in."""
+        Raises the first error, as psycopg would, once all replies are in.
+
+        ``later`` (None except in begin's round trip, the only one that prepares): statements
+        to prepare (not run) after these, if they are not yet. Elsewhere a statement goes by
+        its name only if it is prepared already, else unnamed.
+        """
         pgconn = self.conn.pgconn
         pgconn.enter_pipeline_mode()
         try:
+            # Per command sent, in order: (its statement's name or None, whether a Parse).
+            commands: list[tuple[bytes | None, bool]] = []
             for statement in statements:
-                self._send(pgconn, statement)
+                name = self._named(statement)
+                if later is None and name not in self._prepared:
+                    name = None
+                params = self._dump(statement)
+                if send_statement(pgconn, statement.sql, params, name, self._prepared):
+                    commands.append((name, True))
+                commands.append((name, False))
+            for statement in later or ():
+                name = self._named(statement)
+                if name is not None and name not in self._prepared:
+                    pgconn.send_prepare(name, statement.sql)
+                    self._prepared.add(name)
+                    commands.append((name, True))
             pgconn.pipeline_sync()
             while pgconn.flush():
                 _wait(pgconn, write=True)
-            return self._replies(pgconn, len(statements))
+            return self._replies(pgconn, commands)
         finally:
             if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status:
                 try:
@@ -170,37 +223,50 @@ class ClaimTransaction:
                     # Replies left unread (interrupted): nobody can use the connection now.
                     self.conn.close()
 
-    def _send(self, pgconn: pq.abc.PGconn, statement: Statement) -> None:
-        params = (
-            self._adapt.dump_sequence(statement.params, [PyFormat.TEXT] * len(statement.params))
-            if statement.params
-            else None
-        )
-        name = statement.prepared_as if self._prepare else None
-        send_statement(pgconn, statement.sql, params, name, self._prepared)
+    def _dump(self, statement: Statement) -> Sequence[Buffer | None] | None:
+        if not statement.params:
+            return None
+        return self._adapt.dump_sequence(statement.params, [PyFormat.TEXT] * len(statement.params))
 
-    def _replies(self, pgconn: pq.abc.PGconn, count: int) -> list[pq.abc.PGresult]:
+    def _replies(
+        self, pgconn: pq.abc.PGconn, commands: Sequence[tuple[bytes | None, bool]]
+    ) -> list[pq.abc.PGresult]:
+        """The statements' results, up to the sync. Keeps the names prepared on the connection
+        true: a Parse that failed (or was skipped after an error) prepared nothing, unless
+        the name was there already; a prepared statement found missing is no longer there."""
         results: list[pq.abc.PGresult] = []
         error: pq.abc.PGresult | None = None
+        command = 0
         while True:
             while pgconn.is_busy():
                 _wait(pgconn, write=False)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:
-                continue  # the end of one statement's results
+                command += 1  # the end of one command's results
+                continue
             status = result.status
             if status == pq.ExecStatus.PIPELINE_SYNC:
                 break
-            if status == pq.ExecStatus.COMMAND_OK and _is_prepare(result):
+            name, parse = commands[command] if command < len(commands) else (None, False)
+            if status == pq.ExecStatus.FATAL_ERROR:
+                error = error or result
+                state = result.error_field(pq.DiagnosticField.SQLSTATE)
+                if name is not None and state == _MISSING and not parse:
+                    self._prepared.discard(name)
+                elif name is not None and state == _DUPLICATE and parse:
+                    self._prepared.add(name)
+                    continue
+            if parse:
+                if status != pq.ExecStatus.COMMAND_OK:
+                    self._prepared.discard(name)
                 continue
-            if status == pq.ExecStatus.FATAL_ERROR and error is None:
-                error = result
             results.append(result)
         if error is not None:
             raise errors.error_from_result(error, encoding=self.conn.info.encoding)
-        if len(results) != count:
-            raise psycopg.InterfaceError(f"expected {count} results, got {len(results)}")
+        expected = sum(1 for _, parse in commands if not parse)
+        if len(results) != expected:
+            raise psycopg.InterfaceError(f"expected {expected} results, got {len(results)}")
         return results
 
 
@@ -210,21 +276,25 @@ def send_statement(
     params: Sequence[Buffer | None] | None,
     name: bytes | None,
     prepared: set[bytes],
-) -> None:
+) -> bool:
     """Queue one statement in pipeline mode: unnamed when ``name`` is None, else prepared as
-    ``name`` first if it is not in ``prepared`` (the names prepared on the connection)."""
+    ``name`` first if it is not in ``prepared`` (the names prepared on the connection).
+    Whether it was prepared (two commands sent: the Parse, then the statement)."""
     if name is None:
         pgconn.send_query_params(sql, params)
-        return
-    if name not in prepared:
+        return False
+    parse = name not in prepared
+    if parse:
         pgconn.send_prepare(name, sql)
         prepared.add(name)
     pgconn.send_query_prepared(name, params)
+    return parse
 
 
-def _is_prepare(result: pq.abc.PGresult) -> bool:
-    # A Parse's reply carries no command tag; every statement we send has one.
-    return not result.command_status
+def statement_name(prefix: bytes, sql: bytes) -> bytes:
+    """A name to prepare ``sql`` as, after its text: connections may be shared (a pool's, by
+    workers of other queues), and what is prepared there stays with them."""
+    return prefix + hashlib.blake2b(sql, digest_size=8).hexdigest().encode()
 
 
 def _wait(pgconn: pq.abc.PGconn, *, write: bool) -> None:

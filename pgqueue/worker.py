@@ -29,7 +29,6 @@ transaction instead (pgqueue.lease).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -47,7 +46,7 @@ from . import queue as _queue
 from ._db import connect
 from ._options import WorkerOptions
 from ._waker import Waker
-from ._wire import Statement
+from ._wire import Statement, statement_name
 from .builtins import RECURRING_JOB_NAME
 from .claim import ClaimRunner, Handler, _Abandoned, _extra, _Slot
 from .errors import ConfigurationError, ConnectError
@@ -216,7 +215,7 @@ class JobQueueWorker(ClaimRunner):
         self._names = options.names
         claim, params = q.claim_statement(batch_size, self.queues, self._names)
         # Named for its text: workers of other queues may share a pool's connections.
-        self._claim = Statement(claim, params, b"pgqueue_claim_" + _digest(claim))
+        self._claim = Statement(claim, params, statement_name(b"pgqueue_claim_", claim))
         self._waker = Waker(parallel_count)
         self._stopping = threading.Event()
         self._draining = False
@@ -532,8 +531,3 @@ def _instruments(metrics: object) -> WorkerInstruments | None:
 
 
 JobQueueWorker.__module__ = "pgqueue"
-
-
-def _digest(text: bytes) -> bytes:
-    """A short stable name for a statement's text."""
-    return hashlib.blake2b(text, digest_size=8).hexdigest().encode()

@@ -81,27 +81,58 @@ def test_workers_of_other_queues_on_one_pool_each_claim_their_own(conn, dsn):
 
 def test_a_claim_whose_prepared_statement_was_dropped_is_prepared_again(conn, caplog):
     # psycopg drops every prepared statement of its connection after some ROLLBACKs (and a
-    # DISCARD ALL, DROP or ALTER) its handler sends: the worker prepares its claim again, and no
-    # job is lost or counted twice.
+    # DROP or ALTER) its handler sends, and a handler may DEALLOCATE them itself: the worker
+    # prepares its claim again, a job whose completion was dropped runs again (its transaction
+    # is lost), once per connection, and no job is lost or counted twice.
     create_results_table(conn)
     ids = [pgqueue.add_job_to_queue(conn, name="dropper", data=i) for i in range(20)]
-    prepared: list[int] = []
+    prepared: list[set[str]] = []
+    runs: list[int] = []
     find = "SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgqueue%'"
 
     def handler(c, job):
         c.execute("INSERT INTO results (job_id) VALUES (%s)", (job.id,))
         names = [row[0] for row in c.execute(find, prepare=False).fetchall()]
-        prepared.append(len(names))
+        prepared.append({name.rstrip("0123456789abcdef") for name in names})
+        runs.append(job.data)
         if job.data % 2:
             for name in names:
                 c.execute(psycopg.sql.SQL("DEALLOCATE {}").format(psycopg.sql.Identifier(name)))
 
-    stats = pgqueue.JobQueueWorker(conn.info.dsn, handler=handler).work_off()
+    with caplog.at_level(logging.WARNING, logger="pgqueue.worker"):
+        stats = pgqueue.JobQueueWorker(conn.info.dsn, handler=handler).work_off()
     assert (stats.completed, stats.failed, stats.retried) == (20, 0, 0)
     assert result_ids(conn) == ids
     assert scalar(conn, "SELECT max(attempts) FROM pgqueue.jobs") == 1
-    assert prepared == [1] * 20  # there at each claim: prepared again after each drop
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # not a slot error
+    # Job 1 dropped its own completion: it ran again; from then on the completion is unnamed.
+    assert runs == [0, 1, 1, *range(2, 20)]
+    both, claim = {"pgqueue_claim_", "pgqueue_complete_"}, {"pgqueue_claim_"}
+    assert prepared == [both, both, claim, *[claim] * 18]  # the claim there at each claim
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in warned] == [f"jobs {ids[1]} run again"]
+
+
+def test_a_handler_that_makes_psycopg_drop_prepared_statements_loses_no_job(conn, caplog):
+    # psycopg's own DEALLOCATE ALL: once it has prepared a statement of the handler's, a
+    # ROLLBACK (here to a savepoint) makes it drop everything before its next statement.
+    create_results_table(conn)
+    ids = [pgqueue.add_job_to_queue(conn, name="psycopg-dropper", data=i) for i in range(10)]
+    runs: list[int] = []
+
+    def handler(c, job):
+        runs.append(job.data)
+        c.execute("SELECT 1", prepare=True)
+        c.execute("SAVEPOINT mine")
+        c.execute("ROLLBACK TO SAVEPOINT mine")
+        c.execute("INSERT INTO results (job_id) VALUES (%s)", (job.id,))
+
+    with caplog.at_level(logging.WARNING, logger="pgqueue.worker"):
+        stats = pgqueue.JobQueueWorker(conn.info.dsn, handler=handler).work_off()
+    assert (stats.completed, stats.failed, stats.retried) == (10, 0, 0)
+    assert result_ids(conn) == ids
+    assert scalar(conn, "SELECT max(attempts) FROM pgqueue.jobs") == 1
+    assert runs == [0, *range(10)]  # the first ran twice: its completion was dropped
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
 
 
 # -- order and due time ---------------------------------------------------------

@@ -1,0 +1,95 @@
+"""The claim transaction's prepared statements (pgqueue._wire) stay true to the server's.
+
+What a connection has prepared can change behind the worker's back: psycopg sends
+``DEALLOCATE ALL`` after a ROLLBACK, DROP or ALTER once it has prepared statements
+of its own, other code may use a pool's connection between claims, and a session
+may outlive the client that prepared on it (a pooler in session mode). The
+first round trip of a transaction finds out and tries again; a statement that
+vanishes later in a transaction loses that transaction, and is not prepared on
+that connection again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgqueue import _wire
+from pgqueue._wire import ClaimTransaction, Statement, StatementDropped
+
+CLAIM = Statement(b"SELECT 1", (), b"pgqueue_test_claim")
+LATER = Statement(b"SELECT $1::integer + 1", (), b"pgqueue_test_later")
+
+
+def later(value: int) -> Statement:
+    return Statement(LATER.sql, (value,), LATER.prepared_as)
+
+
+def on_server(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute(
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgqueue_test%'", prepare=False
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def one_transaction(tx: ClaimTransaction, value: int) -> int:
+    tx.begin([CLAIM], later=[LATER])
+    (result,) = tx.commit([later(value)])
+    return int(tx.rows(result)[0][0])
+
+
+@pytest.fixture
+def tx(conn: psycopg.Connection[Any]) -> ClaimTransaction:
+    conn.autocommit = True
+    return ClaimTransaction(conn, prepare=True)
+
+
+def test_the_first_round_trip_prepares_what_the_transaction_needs_later(conn, tx):
+    tx.begin([CLAIM], later=[LATER])
+    assert on_server(conn) == {"pgqueue_test_claim", "pgqueue_test_later"}
+    (result,) = tx.commit([later(41)])
+    assert tx.rows(result) == [(42,)]
+    assert one_transaction(tx, 1) == 2  # and uses them from then on
+
+
+def test_statements_gone_between_transactions_are_prepared_again(conn, tx):
+    assert one_transaction(tx, 1) == 2
+    conn.execute("DEALLOCATE ALL")
+    assert one_transaction(tx, 2) == 3
+    assert on_server(conn) == {"pgqueue_test_claim", "pgqueue_test_later"}
+
+
+def test_one_statement_gone_between_transactions_is_prepared_again(conn, tx):
+    assert one_transaction(tx, 1) == 2
+    conn.execute("DEALLOCATE pgqueue_test_claim")  # the other one stays
+    assert one_transaction(tx, 2) == 3
+    assert on_server(conn) == {"pgqueue_test_claim", "pgqueue_test_later"}
+
+
+def test_statements_prepared_by_an_earlier_client_of_the_session_are_used(conn, tx):
+    assert one_transaction(tx, 1) == 2
+    _wire._prepared[conn].clear()  # what a new client of a pooled session knows
+    assert one_transaction(tx, 2) == 3
+
+
+def test_a_statement_gone_inside_a_transaction_loses_it_and_goes_unnamed(conn, tx):
+    conn.execute("CREATE TEMPORARY TABLE written (n integer)")
+    tx.begin([CLAIM], later=[LATER])
+    conn.execute("INSERT INTO written VALUES (1)")
+    conn.execute("DEALLOCATE pgqueue_test_later")  # as a handler's psycopg would
+    with pytest.raises(StatementDropped):
+        tx.commit([later(1)])
+    assert tx.open  # aborted: the caller rolls it back
+    tx.rollback()
+    assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
+    assert one_transaction(tx, 5) == 6
+    assert on_server(conn) == {"pgqueue_test_claim"}  # not prepared there again
+
+
+def test_nothing_is_prepared_when_preparing_is_off(conn):
+    conn.autocommit = True
+    tx = ClaimTransaction(conn, prepare=False)
+    assert one_transaction(tx, 1) == 2
+    assert on_server(conn) == set()
