@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import secrets
 import select
 import threading
@@ -76,9 +77,16 @@ _PREPARED: Final = {
 }
 
 
+# Claims' tokens: a generator of pgqueue's own (no caller's random.seed() reaches it), seeded
+# from the OS and again in each forked child; secrets.randbits cost a system call per claim.
+_tokens = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_tokens.seed)
+
+
 def new_token() -> int:
     """A claim's identity in pgqueue.job_starts: a random positive bigint."""
-    return secrets.randbits(63)
+    return _tokens.getrandbits(63)
 
 
 @dataclass(eq=False)
