@@ -875,7 +875,7 @@ AS $$
     UNION ALL
     SELECT j.queue, j.name, j.status, count(*)
     FROM pgqueue.jobs j
-    WHERE j.status <> 'pending' AND j.status <> 'running'
+    WHERE j.status IN ('completed', 'failed', 'cancelled')
       AND j.updated_at > now() - pg_catalog.make_interval(secs => p_window)
       AND p_window > 0
     GROUP BY 1, 2, 3;
@@ -904,15 +904,22 @@ $$;
 
 
 -- pgqueue.dequeue for when some queue in reach has max_concurrency: claim
--- one job at a time and, for a limited queue, a free slot with it. A job
--- whose queue is full is let go again (its row lock was taken in a
--- subtransaction that is rolled back) and the queue is skipped from then on.
--- Lease-mode jobs hold no slot while they run (their claim committed): while
--- a queue has some, the slots held right now (pg_locks) plus its running jobs
--- must stay within the limit. Locks are counted first: a claim commits before
--- it lets its slot go, so a job moving from one to the other is seen at least
--- once. Crashed jobs are settled, and jobs that crashed before are claimed
--- alone, as in pgqueue.dequeue.
+-- one job at a time and, for a limited queue, a free slot with it. Each job
+-- is found, and its queue's slot checked, in a subtransaction that is then
+-- always rolled back, and taken again in the transaction itself: a row lock
+-- held by a subtransaction would make the job's outcome, written later by
+-- the transaction, a MultiXact (one per job: index entries no scan can mark
+-- dead, see the worker). A job whose queue is full is let go that way and
+-- the queue is skipped from then on; so is a queue whose slot or job another
+-- claim took in between (a slot taken again but left without its job is
+-- used for the queue's next job, or held, unused, until the transaction
+-- ends). Lease-mode jobs hold no slot while they run (their claim
+-- committed): while a queue has some, the slots held right now (pg_locks)
+-- plus its running jobs must stay within the limit. Locks are counted
+-- first: a claim commits before it lets its slot go, so a job moving from
+-- one to the other is seen at least once. Crashed jobs are settled, and
+-- jobs that crashed before are claimed alone, as in pgqueue.dequeue (one
+-- met after others were claimed is left for a later claim).
 CREATE OR REPLACE FUNCTION pgqueue.dequeue_limited(
     p_limit integer,
     p_queues text[],
@@ -925,6 +932,7 @@ SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
 DECLARE
     v_job pgqueue.jobs;
+    v_pick bigint;
     v_full text[] := '{}';
     v_ids bigint[] := '{}';
     v_next_slot jsonb := '{}';
@@ -935,6 +943,8 @@ DECLARE
     v_aside bigint[] := '{}';
 BEGIN
     WHILE cardinality(v_ids) < p_limit LOOP
+        v_pick := NULL;
+        v_slot := NULL;
         BEGIN
             SELECT * INTO v_job
             FROM pgqueue.jobs j
@@ -951,19 +961,15 @@ BEGIN
             IF NOT FOUND THEN
                 RETURN;
             END IF;
-            IF EXISTS (SELECT 1 FROM pgqueue.job_starts s
-                       WHERE s.job_id = v_job.id AND s.attempt > v_job.attempts) THEN
-                v_job := pgqueue.settle_crashed(v_job);
-                IF v_job.status <> 'pending' OR v_job.scheduled_at > now() THEN
-                    CONTINUE;
-                END IF;
-            END IF;
-            IF v_job.crashes > 0 AND cardinality(v_ids) > 0 THEN
+            IF cardinality(v_ids) > 0 AND (v_job.crashes > 0 OR EXISTS (
+                SELECT 1 FROM pgqueue.job_starts s
+                WHERE s.job_id = v_job.id AND s.attempt > v_job.attempts)) THEN
                 v_aside := v_aside || v_job.id;
-                CONTINUE;
+                RAISE EXCEPTION 'let go' USING ERRCODE = 'PGQ02';
             END IF;
             SELECT q.max_concurrency INTO v_max FROM pgqueue.queues q WHERE q.name = v_job.queue;
             IF v_max IS NOT NULL THEN
+                -- A slot this transaction holds already is taken again (advisory locks nest).
                 v_slot := pgqueue.take_slot(v_job.queue, v_max,
                                             coalesce((v_next_slot ->> v_job.queue)::integer, 0));
                 IF v_slot IS NULL THEN
@@ -990,18 +996,48 @@ BEGIN
                         RAISE EXCEPTION 'queue % is full', v_job.queue USING ERRCODE = 'PGQ01';
                     END IF;
                 END IF;
-                v_next_slot := v_next_slot || jsonb_build_object(v_job.queue, v_slot + 1);
             END IF;
-            PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
-            v_ids := v_ids || v_job.id;
-            v_job.attempts := v_job.attempts + 1;
-            RETURN NEXT v_job;
-            IF v_job.crashes > 0 THEN
-                RETURN;  -- claimed alone
-            END IF;
-        EXCEPTION WHEN SQLSTATE 'PGQ01' THEN
-            v_full := v_full || v_job.queue;
+            v_pick := v_job.id;
+            RAISE EXCEPTION 'let go' USING ERRCODE = 'PGQ02';  -- to take it again below
+        EXCEPTION
+            WHEN SQLSTATE 'PGQ01' THEN
+                v_full := v_full || v_job.queue;
+            WHEN SQLSTATE 'PGQ02' THEN
+                NULL;
         END;
+        CONTINUE WHEN v_pick IS NULL;
+        IF v_slot IS NOT NULL AND NOT pg_catalog.pg_try_advisory_xact_lock(
+                pg_catalog.hashtext('pgqueue.queue:' || v_job.queue), v_slot) THEN
+            v_full := v_full || v_job.queue;  -- another claim took the slot meanwhile
+            CONTINUE;
+        END IF;
+        SELECT * INTO v_job FROM pgqueue.jobs j
+        WHERE j.id = v_pick AND j.status = 'pending' AND j.scheduled_at <= now()
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            CONTINUE;  -- another claim took it meanwhile: its slot goes to the queue's next job
+        END IF;
+        IF EXISTS (SELECT 1 FROM pgqueue.job_starts s
+                   WHERE s.job_id = v_job.id AND s.attempt > v_job.attempts) THEN
+            v_job := pgqueue.settle_crashed(v_job);
+            IF v_job.status <> 'pending' OR v_job.scheduled_at > now() THEN
+                CONTINUE;
+            END IF;
+        END IF;
+        IF v_job.crashes > 0 AND cardinality(v_ids) > 0 THEN
+            v_aside := v_aside || v_job.id;  -- crashed meanwhile: held, not run, till the end
+            CONTINUE;
+        END IF;
+        IF v_slot IS NOT NULL THEN
+            v_next_slot := v_next_slot || jsonb_build_object(v_job.queue, v_slot + 1);
+        END IF;
+        PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
+        v_ids := v_ids || v_job.id;
+        v_job.attempts := v_job.attempts + 1;
+        RETURN NEXT v_job;
+        IF v_job.crashes > 0 THEN
+            RETURN;  -- claimed alone
+        END IF;
     END LOOP;
 END;
 $$;
@@ -1181,7 +1217,7 @@ AS $$
                           WHERE j.id = s.job_id AND j.status IN ('pending', 'running'))
     ), deleted AS (
         DELETE FROM pgqueue.jobs j
-        WHERE j.status NOT IN ('pending', 'running')
+        WHERE j.status IN ('completed', 'failed', 'cancelled')  -- on jobs_finished_idx
           AND j.updated_at < now() - (SELECT min(r.purge_after) FROM pgqueue.cleanup_rules r)
           AND j.updated_at < now() - coalesce(
               (SELECT r.purge_after FROM pgqueue.cleanup_rules r

@@ -1,0 +1,49 @@
+"""No plan of the claim can read the finished jobs, whatever the statistics say.
+
+A worker prepares its claim once per connection and Postgres settles on a
+generic plan, so one bad plan costs every claim until the next ANALYZE. The
+claim's lease check (is any lease-mode job overdue?) asks for running rows,
+meant for jobs_lease_idx. While the index over finished jobs took running rows
+too, statistics taken before any job finished (bench/: a template database
+vacuumed empty, a bulk enqueue of 20,000 jobs, VACUUM ANALYZE) had the check
+planned on that index, and each claim read every job finished so far: 200
+million index entries read while draining those 20,000 jobs, at half the rate.
+The test takes jobs_lease_idx away (in a transaction rolled back) and makes
+every other way look dear: the finished jobs' index must still not be usable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import psycopg.sql
+import pytest
+
+import pgqueue
+from pgqueue import _queries as q
+
+
+def generic_plan(conn: psycopg.Connection[Any], statement: bytes, params: list[Any]) -> str:
+    conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    conn.execute(b"PREPARE probe AS " + statement)
+    args = psycopg.sql.SQL(", ").join(map(psycopg.sql.Literal, params))
+    explain = psycopg.sql.SQL("EXPLAIN EXECUTE probe ({})" if params else "EXPLAIN EXECUTE probe")
+    try:
+        return "\n".join(row[0] for row in conn.execute(explain.format(args)))
+    finally:
+        conn.execute("DEALLOCATE probe")
+
+
+@pytest.mark.parametrize("queues", [None, ["default"], ["default", "other"]])
+def test_no_plan_of_the_claim_reads_the_finished_jobs(conn, queues):
+    pgqueue.add_jobs_to_queue(conn, [{"name": "noop"} for _ in range(100)])
+    conn.execute("UPDATE pgqueue.jobs SET status = 'completed' WHERE id % 2 = 0")
+    conn.commit()
+    claim, params = q.claim_statement(1, queues, None)
+    with conn.transaction(force_rollback=True):
+        conn.execute("DROP INDEX pgqueue.jobs_lease_idx")
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_sort = off")
+        plan = generic_plan(conn, claim, params)
+    assert "jobs_finished_idx" not in plan, plan
