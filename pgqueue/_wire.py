@@ -28,6 +28,7 @@ import hashlib
 import select
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import psycopg
@@ -37,17 +38,18 @@ from psycopg.adapt import PyFormat, Transformer
 
 __all__ = ["ClaimTransaction", "Statement", "StatementDropped", "send_statement", "statement_name"]
 
-# The names prepared on each connection.
-_prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = (
-    weakref.WeakKeyDictionary()
-)
-# The names that vanished inside a transaction of each connection (a handler's doing): not
-# prepared there again.
-_dropped: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = (
-    weakref.WeakKeyDictionary()
-)
 
-_MISSING = b"26000"  # invalid_sql_statement_name: no such prepared statement
+@dataclass(eq=False)
+class _Names:
+    """What is prepared on one connection (a pool's goes from slot to slot)."""
+
+    prepared: set[bytes] = field(default_factory=set)
+    #: Vanished inside a transaction (a handler's doing): not prepared there again.
+    dropped: set[bytes] = field(default_factory=set)
+
+
+_names: weakref.WeakKeyDictionary[psycopg.Connection[Any], _Names] = weakref.WeakKeyDictionary()
+
 _DUPLICATE = b"42P05"  # duplicate_prepared_statement
 _BEGIN = b"BEGIN"
 _COMMIT = b"COMMIT"
@@ -80,9 +82,9 @@ class ClaimTransaction:
     def __init__(self, conn: psycopg.Connection[Any], *, prepare: bool) -> None:
         self.conn = conn
         self._prepare = prepare
-        # What is prepared belongs to the connection (a pool's goes from slot to slot).
-        self._prepared = _prepared.setdefault(conn, set())
-        self._dropped = _dropped.setdefault(conn, set())
+        names = _names.setdefault(conn, _Names())
+        self._prepared = names.prepared
+        self._dropped = names.dropped
         self._adapt = Transformer(conn)
         #: A claim's transaction is open (begun, not yet ended).
         self.open = False
@@ -95,19 +97,20 @@ class ClaimTransaction:
         the transaction is rolled back and the error raised (as psycopg would raise it); tried
         again first when a prepared statement was missing, or there after all."""
         assert not self.open
-        # Each failed try puts at least one name right (the first that failed).
-        tries = 1 + sum(1 for s in [*statements, *later] if s.prepared_as is not None)
-        for attempt in range(tries):
+        failed = 0
+        while True:
             try:
                 results = self._round_trip([Statement(_BEGIN), *statements], later=later)
             except (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatement) as exc:
-                # _replies has put the names right: prepare again, or use what is there. One
-                # missing: likely all gone (DEALLOCATE ALL), the ones not sent here too.
+                # One missing: likely all gone (DEALLOCATE ALL), the ones not sent here too;
+                # one there after all: _replies has noted it. Each failed try puts at least
+                # one name right.
                 if isinstance(exc, errors.InvalidSqlStatementName):
                     self._prepared.clear()
                 with contextlib.suppress(psycopg.Error):
                     self._end_on_server()
-                if attempt == tries - 1:
+                failed += 1
+                if failed > sum(1 for s in [*statements, *later] if s.prepared_as is not None):
                     raise
                 continue
             except BaseException:
@@ -117,7 +120,6 @@ class ClaimTransaction:
             self.open = True
             self.conn._num_transactions += 1  # a transaction block: see the module docstring
             return results[1:]
-        raise AssertionError("unreachable")
 
     def run(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
         """``statements`` in one round trip, inside the open transaction; their results."""
@@ -207,14 +209,12 @@ class ClaimTransaction:
                 commands.append((name, False))
             for statement in later or ():
                 name = self._named(statement)
-                if name is not None and name not in self._prepared:
-                    pgconn.send_prepare(name, statement.sql)
-                    self._prepared.add(name)
+                if name is not None and send_prepare(pgconn, statement.sql, name, self._prepared):
                     commands.append((name, True))
             pgconn.pipeline_sync()
             while pgconn.flush():
                 _wait(pgconn, write=True)
-            return self._replies(pgconn, commands)
+            return self._replies(pgconn, commands, len(statements))
         finally:
             if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status:
                 try:
@@ -229,11 +229,10 @@ class ClaimTransaction:
         return self._adapt.dump_sequence(statement.params, [PyFormat.TEXT] * len(statement.params))
 
     def _replies(
-        self, pgconn: pq.abc.PGconn, commands: Sequence[tuple[bytes | None, bool]]
+        self, pgconn: pq.abc.PGconn, commands: Sequence[tuple[bytes | None, bool]], count: int
     ) -> list[pq.abc.PGresult]:
-        """The statements' results, up to the sync. Keeps the names prepared on the connection
-        true: a Parse that failed (or was skipped after an error) prepared nothing, unless
-        the name was there already; a prepared statement found missing is no longer there."""
+        """The ``count`` statements' results, up to the sync. A Parse that failed (or was
+        skipped after an error) prepared nothing, unless the name was there already."""
         results: list[pq.abc.PGresult] = []
         error: pq.abc.PGresult | None = None
         command = 0
@@ -248,25 +247,19 @@ class ClaimTransaction:
             status = result.status
             if status == pq.ExecStatus.PIPELINE_SYNC:
                 break
-            name, parse = commands[command] if command < len(commands) else (None, False)
             if status == pq.ExecStatus.FATAL_ERROR:
                 error = error or result
-                state = result.error_field(pq.DiagnosticField.SQLSTATE)
-                if name is not None and state == _MISSING and not parse:
-                    self._prepared.discard(name)
-                elif name is not None and state == _DUPLICATE and parse:
-                    self._prepared.add(name)
-                    continue
-            if parse:
-                if status != pq.ExecStatus.COMMAND_OK:
-                    self._prepared.discard(name)
-                continue
-            results.append(result)
+            name, parse = commands[command] if command < len(commands) else (None, False)
+            if not parse:
+                results.append(result)
+            elif status != pq.ExecStatus.COMMAND_OK and (
+                result.error_field(pq.DiagnosticField.SQLSTATE) != _DUPLICATE
+            ):
+                self._prepared.discard(name)
         if error is not None:
             raise errors.error_from_result(error, encoding=self.conn.info.encoding)
-        expected = sum(1 for _, parse in commands if not parse)
-        if len(results) != expected:
-            raise psycopg.InterfaceError(f"expected {expected} results, got {len(results)}")
+        if len(results) != count:
+            raise psycopg.InterfaceError(f"expected {count} results, got {len(results)}")
         return results
 
 
@@ -283,12 +276,18 @@ def send_statement(
     if name is None:
         pgconn.send_query_params(sql, params)
         return False
-    parse = name not in prepared
-    if parse:
-        pgconn.send_prepare(name, sql)
-        prepared.add(name)
+    parse = send_prepare(pgconn, sql, name, prepared)
     pgconn.send_query_prepared(name, params)
     return parse
+
+
+def send_prepare(pgconn: pq.abc.PGconn, sql: bytes, name: bytes, prepared: set[bytes]) -> bool:
+    """Queue the Parse of ``sql`` as ``name`` unless it is in ``prepared``; whether it was."""
+    if name in prepared:
+        return False
+    pgconn.send_prepare(name, sql)
+    prepared.add(name)
+    return True
 
 
 def statement_name(prefix: bytes, sql: bytes) -> bytes:

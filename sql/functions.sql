@@ -1006,8 +1006,8 @@ BEGIN
                 NULL;
         END;
         CONTINUE WHEN v_pick IS NULL;
-        IF v_slot IS NOT NULL AND NOT pg_catalog.pg_try_advisory_xact_lock(
-                pg_catalog.hashtext('pgqueue.queue:' || v_job.queue), v_slot) THEN
+        IF v_slot IS NOT NULL
+           AND pgqueue.take_slot(v_job.queue, v_slot + 1, v_slot) IS NULL THEN
             v_full := v_full || v_job.queue;  -- another claim took the slot meanwhile
             CONTINUE;
         END IF;

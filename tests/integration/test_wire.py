@@ -70,7 +70,7 @@ def test_one_statement_gone_between_transactions_is_prepared_again(conn, tx):
 
 def test_statements_prepared_by_an_earlier_client_of_the_session_are_used(conn, tx):
     assert one_transaction(tx, 1) == 2
-    _wire._prepared[conn].clear()  # what a new client of a pooled session knows
+    _wire._names[conn].prepared.clear()  # what a new client of a pooled session knows
     assert one_transaction(tx, 2) == 3
 
 
