@@ -36,7 +36,14 @@ from psycopg import errors, pq
 from psycopg.abc import Buffer
 from psycopg.adapt import PyFormat, Transformer
 
-__all__ = ["ClaimTransaction", "Statement", "StatementDropped", "send_statement", "statement_name"]
+__all__ = [
+    "ClaimTransaction",
+    "Statement",
+    "StatementDropped",
+    "Traffic",
+    "send_statement",
+    "statement_name",
+]
 
 
 @dataclass(eq=False)
@@ -261,6 +268,43 @@ class ClaimTransaction:
         if len(results) != count:
             raise psycopg.InterfaceError(f"expected {count} results, got {len(results)}")
         return results
+
+
+class Traffic:
+    """Whether ``conn`` talked to the server through psycopg inside the ``with`` block.
+
+    Every exchange of a psycopg connection (a cursor's execute, fetch or copy,
+    ``transaction()``, ``pipeline()``, ``commit()``, ``notifies()``) runs through
+    ``Connection.wait``, which the block wraps on the instance; what goes through
+    ``conn.pgconn`` (libpq itself) is not seen. ``tests/integration/test_traffic.py``
+    checks each way in, against the installed psycopg.
+    """
+
+    __slots__ = ("_before", "_conn", "used")
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._before: Any = None
+        self.used = False
+
+    def __enter__(self) -> Traffic:
+        attributes = vars(self._conn)
+        self._before = attributes.get("wait")
+        real = self._conn.wait
+
+        def wait(*args: Any, **kwargs: Any) -> Any:
+            self.used = True
+            return real(*args, **kwargs)
+
+        attributes["wait"] = wait
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        attributes = vars(self._conn)
+        if self._before is None:
+            attributes.pop("wait", None)
+        else:
+            attributes["wait"] = self._before
 
 
 def send_statement(

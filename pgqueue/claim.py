@@ -25,7 +25,7 @@ from psycopg.pq import TransactionStatus
 from . import _queries as q
 from . import _tracing
 from . import lease as _lease
-from ._wire import ClaimTransaction, Statement, StatementDropped, statement_name
+from ._wire import ClaimTransaction, Statement, StatementDropped, Traffic, statement_name
 from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME, next_run, run_builtin
 from .errors import JobFailed
 from .records import JobRecord, WorkerStats
@@ -101,8 +101,10 @@ class ClaimRunner:
         lock while it runs). Round trips: BEGIN, the claim and the first
         SAVEPOINT in one; the start records on the side connection, sent
         without waiting; one more (RELEASE + SAVEPOINT) before each further job
-        of a batch, and one before each job with a timeout (Postgres's own
-        limits); then RELEASE, the completions, the failures and COMMIT in one.
+        of a batch whose predecessor talked to the server (a handler that did
+        not leaves the savepoint where the next job starts), and one before
+        each job with a timeout (Postgres's own limits); then RELEASE, the
+        completions, the failures and COMMIT in one.
         """
         if slot.claims is None or slot.claims.conn is not conn:
             slot.claims = ClaimTransaction(conn, prepare=self.prepare)
@@ -152,8 +154,11 @@ class ClaimRunner:
             self._supervisor.start_claim(jobs, token)
             recorded = True
             ids = [job.id for job in jobs]
-            for index, job in enumerate(jobs):
-                if index:
+            # Nothing sent since the savepoint was taken or rolled back to: it still marks
+            # where the next job starts, which then needs no round trip for one of its own.
+            clean = True
+            for job in jobs:
+                if not clean:
                     tx.run([Statement(q.RELEASE_SAVEPOINT_WIRE), Statement(q.SAVEPOINT_WIRE)])
                 timeout = self._timeout_of(job)
                 before = limits
@@ -169,11 +174,14 @@ class ClaimRunner:
                     watch = self._supervisor.arm(
                         slot, job, ids=ids, token=token, pid=pid, timeout=timeout
                     )
+                traffic = Traffic(conn)
                 try:
-                    error, result = self._run_handler(conn, job)
+                    with traffic:
+                        error, result = self._run_handler(conn, job)
                 finally:
                     if watch is not None and self._supervisor.disarm(watch):
                         self._abandon(conn, job)
+                clean = limits == before and not traffic.used
                 if error is None:
                     done.append((job, result))
                 elif conn.info.transaction_status == TransactionStatus.IDLE:
@@ -193,6 +201,7 @@ class ClaimRunner:
                     # Not through psycopg, which would drop every prepared statement after it.
                     tx.run([Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE)])
                     limits = before
+                    clean = True
                     failed.append((job, error))
             # Released first: an UPDATE in the savepoint of a row that the transaction itself
             # locked makes Postgres record both lockers in a MultiXact, one per job, which no

@@ -30,6 +30,7 @@ from worker_helpers import (
 )
 
 import pgqueue
+from pgqueue import _queries, _wire
 
 #: Retried after a fixed 1.5 s: long enough to look at a failed attempt before the retry runs.
 RETRY_LATER = {"backoff": "fixed", "delay": 1.5, "jitter": 0}
@@ -205,6 +206,51 @@ def test_a_failing_handler_rolls_back_only_its_own_writes_and_is_retried(
         (b, "2"),
         (c, "1"),
     ]
+
+
+def test_handlers_that_send_nothing_share_a_savepoint_that_still_undoes_only_a_failures_writes(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A savepoint is taken again only after a handler talked to the server: a job after
+    silent ones starts where the savepoint is, and its rollback undoes no earlier job's writes."""
+    create_results_table(conn)
+    plan = {
+        "silent": (False, False),
+        "writes": (True, False),
+        "silent again": (False, False),
+        "silent, fails": (False, True),
+        "writes, fails": (True, True),
+        "silent last": (False, False),
+        "writes last": (True, False),
+    }
+    ids = pgqueue.add_jobs_to_queue(conn, [{"name": name, "retry": RETRY_LATER} for name in plan])
+    savepoints = Calls()
+    run = _wire.ClaimTransaction.run
+
+    def counted_run(self: Any, statements: Any) -> Any:
+        savepoints.add(sum(s.sql == _queries.SAVEPOINT_WIRE for s in statements))
+        return run(self, statements)
+
+    monkeypatch.setattr(_wire.ClaimTransaction, "run", counted_run)
+
+    def handler(conn_: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        writes, fails = plan[job.name]
+        if writes:
+            insert_result(conn_, job)
+        if fails:
+            raise Boom(job.name)
+
+    stats = work_off(pgqueue.JobQueueWorker(dsn, handler=handler, batch_size=10, poll_interval=9))
+
+    assert stats.as_dict() == {"completed": 5, "retried": 2, "failed": 0}
+    by_name = dict(zip(plan, ids, strict=True))
+    assert result_ids(conn) == [by_name["writes"], by_name["writes last"]]
+    assert {name: status(conn, job_id) for name, job_id in by_name.items()} == {
+        name: "pending" if fails else "completed" for name, (_, fails) in plan.items()
+    }
+    # One savepoint taken again: before "silent again", the first job after one that talked
+    # to the server (a rollback to a savepoint leaves it in place; "writes last" is last).
+    assert sum(savepoints.items) == 1
 
 
 # -- a crash ----------------------------------------------------------------------------
