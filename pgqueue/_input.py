@@ -18,9 +18,8 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ._show import show
 from .errors import ConfigurationError, InvalidJobError
@@ -72,9 +71,9 @@ _LATEST: Final = datetime(9999, 12, 30, tzinfo=UTC)
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-@dataclass(frozen=True, slots=True)
-class EnqueueParams:
-    """One validated job, as the parameters of pgqueue.enqueue."""
+class EnqueueParams(NamedTuple):
+    """One validated job, as the parameters of pgqueue.enqueue, in their order (a named tuple:
+    a bulk enqueue builds one per job, about a microsecond less than a frozen dataclass)."""
 
     queue: str | None
     name: str | None
@@ -86,20 +85,6 @@ class EnqueueParams:
     retry: str | None
     schedule: str | None
     timeout: float | None = None
-
-    def as_tuple(self) -> tuple[Any, ...]:
-        return (
-            self.queue,
-            self.name,
-            self.data,
-            self.priority,
-            self.scheduled_at,
-            self.delay,
-            self.max_attempts,
-            self.retry,
-            self.schedule,
-            self.timeout,
-        )
 
 
 _JOB_KEY_SET: Final = frozenset(JOB_KEYS)
@@ -198,7 +183,8 @@ def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
     raise InvalidJobError(f"data{path} is a {type(value).__name__}, which is not JSON-serialisable")
 
 
-_SCALARS: Final = (str, int, float, bool, type(None))
+_SCALARS: Final = frozenset((str, int, float, bool, type(None)))
+_STR: Final = frozenset((str,))
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
@@ -206,9 +192,7 @@ def _is_flat(data: Any) -> bool:
     """An object of scalars with string keys (the usual job data), or a scalar: what json.dumps
     checks alone, apart from NUL characters and lone surrogates (looked for in its text)."""
     if type(data) is dict:
-        return all(type(key) is str for key in data) and all(
-            type(value) in _SCALARS for value in data.values()
-        )
+        return _STR.issuperset(map(type, data)) and _SCALARS.issuperset(map(type, data.values()))
     return type(data) in _SCALARS
 
 
@@ -327,7 +311,7 @@ def enqueue_params(
 
     ``limit``: the payload limit (:func:`max_payload_bytes`) when the caller has read it for a
     whole batch."""
-    if job is not None and not isinstance(job, Mapping):
+    if job is not None and type(job) is not dict and not isinstance(job, Mapping):
         raise InvalidJobError(f"job must be a dict, got {type(job).__name__}")
     merged = {**(job or {}), **overrides} if overrides else (job or {})
     if not merged.keys() <= _JOB_KEY_SET:

@@ -10,12 +10,14 @@ psycopg gets from generating its sync code from the async one).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, LiteralString, ParamSpec, TypeAlias, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from ._db import SqlTarget, connection, translate_errors
 
@@ -45,21 +47,32 @@ class Fetch:
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """``COPY ... FROM STDIN`` these rows; answers None."""
+    """``COPY ... FROM STDIN`` this data (COPY's text format, in chunks); answers None.
+
+    ``may_fail``: making a chunk may raise (jobs checked while the COPY streams). The COPY is
+    then abandoned and writes nothing: on its own (autocommit) it is its own transaction, and
+    in a transaction it runs in a savepoint, so the caller's transaction is left as it was.
+    """
 
     query: LiteralString
     #: Consumed once, as it is written out.
-    rows: Iterable[Sequence[Any]]
+    chunks: Iterable[str]
+    may_fail: bool = False
 
     def run(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.cursor().copy(self.query) as copy:
-            for row in self.rows:
-                copy.write_row(row)
+        guard = conn.transaction() if self._guarded(conn) else contextlib.nullcontext()
+        with guard, conn.cursor().copy(self.query) as copy:
+            for chunk in self.chunks:
+                copy.write(chunk)
 
     async def arun(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        async with conn.cursor().copy(self.query) as copy:
-            for row in self.rows:
-                await copy.write_row(row)
+        guard = conn.transaction() if self._guarded(conn) else contextlib.nullcontext()
+        async with guard, conn.cursor().copy(self.query) as copy:
+            for chunk in self.chunks:
+                await copy.write(chunk)
+
+    def _guarded(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+        return self.may_fail and conn.info.transaction_status != TransactionStatus.IDLE
 
 
 Step: TypeAlias = Fetch | Copy
@@ -136,7 +149,8 @@ def blocking(steps: Callable[P, Steps[T]]) -> Callable[Concatenate[SqlTarget, P]
     """The blocking flavour of a call: ``sql`` is a Connection (the statements join the
     caller's open transaction) or a ConnectionPool (a connection is checked out and committed).
 
-    Bad input raises before a connection is touched.
+    Bad input raises before a connection is touched (but for the jobs that add_jobs_to_queue
+    checks while its COPY streams, past its first thousand: see there).
     """
 
     def call(sql: SqlTarget, /, *args: P.args, **kwargs: P.kwargs) -> T:

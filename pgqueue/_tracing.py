@@ -188,6 +188,11 @@ class RunSpan(_SpanScope):
             self._span.set_status(Status(StatusCode.ERROR, error.splitlines()[0] if error else ""))
 
 
+def tracing() -> bool:
+    """Whether an OpenTelemetry tracer provider is set (spans are made)."""
+    return _current_tracer() is not None
+
+
 def enqueue_span(jobs: Sequence[EnqueueParams]) -> EnqueueSpan | None:
     """Start the span of one enqueue call of ``jobs``; None when tracing is off."""
     tracer = _current_tracer()

@@ -151,7 +151,7 @@ class PgQueueBackend(BaseTaskBackend):  # type: ignore[misc]
         )
         span = _tracing.enqueue_span((params,))  # None unless a tracer provider is set
         with contextlib.nullcontext() if span is None else span, self._db().cursor() as cursor:
-            cursor.execute(q.ENQUEUE, (*params.as_tuple(), None if span is None else span.carrier))
+            cursor.execute(q.ENQUEUE, (*params, None if span is None else span.carrier))
             job_id = cursor.fetchone()[0]
             if span is not None:
                 span.set_ids([int(job_id)])

@@ -8,7 +8,7 @@ its blocking flavour, and pgqueue.aio's are its asyncio flavour.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -101,10 +101,10 @@ def _add_job_to_queue(
     params = enqueue_params(job, overrides)
     span = _tracing.enqueue_span((params,))  # None unless an OpenTelemetry tracer provider is set
     if span is None:
-        row = yield Fetch(q.ENQUEUE, (*params.as_tuple(), None))
+        row = yield Fetch(q.ENQUEUE, (*params, None))
         return int(row[0])
     with span:
-        row = yield Fetch(q.ENQUEUE, (*params.as_tuple(), span.carrier))
+        row = yield Fetch(q.ENQUEUE, (*params, span.carrier))
         job_id = int(row[0])
         span.set_ids([job_id])
     return job_id
@@ -116,24 +116,41 @@ add_job_to_queue = blocking(_add_job_to_queue)
 def _add_jobs_to_queue(jobs: Iterable[Mapping[str, Any]]) -> Steps[list[int]]:
     """Insert many jobs with one COPY and return their ids, in input order.
 
-    Each job is a dict as for :func:`add_job_to_queue`. All of them are
-    validated before anything is sent; one bad job raises InvalidJobError
-    (naming its index) and none is written. One NOTIFY per queue, not per job.
-    On a Connection the jobs join the caller's open transaction. With an
-    OpenTelemetry tracer provider set, one ``pgqueue.enqueue`` span covers the
-    call and every job keeps its trace context.
+    Each job is a dict as for :func:`add_job_to_queue`. One bad job raises
+    InvalidJobError (naming its index) and none is written. One NOTIFY per
+    queue, not per job. On a Connection the jobs join the caller's open
+    transaction. With an OpenTelemetry tracer provider set, one
+    ``pgqueue.enqueue`` span covers the call and every job keeps its trace
+    context.
+
+    Up to a thousand jobs are all checked before anything is sent. More are
+    checked while the COPY streams, Python checking a chunk while the server
+    stores the one before (a third faster for 100,000 jobs): a bad job then
+    abandons the COPY, inside a savepoint when the connection is in a
+    transaction, so the caller's transaction is as it was; the ids already
+    drawn for the call are skipped.
     """
-    batch: list[EnqueueParams] = []
-    limit = max_payload_bytes()
-    for index, job in enumerate(jobs):
-        try:
-            batch.append(enqueue_params(job, {}, limit))
-        except InvalidJobError as exc:
-            raise InvalidJobError(f"job {index}: {exc}") from exc
-    return (yield from _copy_jobs(batch))
+    todo = jobs if isinstance(jobs, list) else list(jobs)
+    checked = _checked(todo, max_payload_bytes())
+    if len(todo) <= _CHUNK or _tracing.tracing():  # the span names the jobs' queues first
+        return (yield from _copy_jobs(list(checked)))
+    return (yield from _copy_rows(len(todo), checked, None, streamed=True))
 
 
 add_jobs_to_queue = blocking(_add_jobs_to_queue)
+
+#: Jobs per chunk of COPY data.
+_CHUNK: Final = 1000
+_NULL: Final = "\\N"
+_COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _checked(jobs: Iterable[Mapping[str, Any]], limit: int) -> Iterator[EnqueueParams]:
+    for index, job in enumerate(jobs):
+        try:
+            yield enqueue_params(job, {}, limit)
+        except InvalidJobError as exc:
+            raise InvalidJobError(f"job {index}: {exc}") from exc
 
 
 def _copy_jobs(batch: Sequence[EnqueueParams]) -> Steps[list[int]]:
@@ -146,38 +163,74 @@ def _copy_jobs(batch: Sequence[EnqueueParams]) -> Steps[list[int]]:
         return []
     span = _tracing.enqueue_span(batch)  # None unless an OpenTelemetry tracer provider is set
     if span is None:
-        return (yield from _copy_rows(batch, None))
+        return (yield from _copy_rows(len(batch), batch, None))
     with span:
-        ids = yield from _copy_rows(batch, span.carrier)
+        ids = yield from _copy_rows(len(batch), batch, span.carrier)
         span.set_ids(ids)
     return ids
 
 
-def _copy_rows(batch: Sequence[EnqueueParams], trace_context: str | None) -> Steps[list[int]]:
+def _copy_rows(
+    count: int,
+    batch: Iterable[EnqueueParams],
+    trace_context: str | None,
+    *,
+    streamed: bool = False,
+) -> Steps[list[int]]:
     # The ids and the transaction's now() (what the column default would give) in one round
     # trip, then the rows in one COPY.
-    now, ids = yield Fetch(q.RESERVE_JOB_IDS, (len(batch),))
+    now, ids = yield Fetch(q.RESERVE_JOB_IDS, (count,))
     ids = sorted(ids)
-    yield Copy(
-        q.COPY_JOBS,
-        (
-            (
-                job_id,
-                DEFAULT_QUEUE if p.queue is None else p.queue,
-                "" if p.name is None else p.name,
-                "{}" if p.data is None else p.data,
-                DEFAULT_PRIORITY if p.priority is None else p.priority,
-                p.scheduled_at or (now + p.delay if p.delay is not None else now),
-                DEFAULT_MAX_ATTEMPTS if p.max_attempts is None else p.max_attempts,
-                p.retry,
-                p.schedule,
-                p.timeout,
-                trace_context,
-            )
-            for job_id, p in zip(ids, batch, strict=True)
-        ),
-    )
+    yield Copy(q.COPY_JOBS, _copy_text(ids, batch, now, trace_context), may_fail=streamed)
     return [int(job_id) for job_id in ids]
+
+
+def _copy_text(
+    ids: Sequence[int], batch: Iterable[EnqueueParams], now: datetime, trace_context: str | None
+) -> Iterator[str]:
+    """The rows of q.COPY_JOBS in COPY's text format, in chunks of :data:`_CHUNK` rows.
+
+    Written here rather than by psycopg's ``write_row`` (which adapts every value on its own):
+    a third of the Python time per job. Text goes through :func:`_copy_field`; JSON text from
+    json.dumps holds no raw tab, newline or carriage return, only backslashes to double.
+    """
+    now_text = now.isoformat()
+    trace = _NULL if trace_context is None else _copy_field(trace_context)
+    lines: list[str] = []
+    for job_id, p in zip(ids, batch, strict=True):
+        if p.scheduled_at is not None:
+            when = p.scheduled_at.isoformat()
+        elif p.delay is not None:
+            when = (now + p.delay).isoformat()
+        else:
+            when = now_text
+        lines.append(
+            f"{job_id}\t{DEFAULT_QUEUE if p.queue is None else _copy_field(p.queue)}"
+            f"\t{'' if p.name is None else _copy_field(p.name)}"
+            f"\t{'{}' if p.data is None else _copy_json(p.data)}"
+            f"\t{DEFAULT_PRIORITY if p.priority is None else p.priority}\t{when}"
+            f"\t{DEFAULT_MAX_ATTEMPTS if p.max_attempts is None else p.max_attempts}"
+            f"\t{_NULL if p.retry is None else _copy_json(p.retry)}"
+            f"\t{_NULL if p.schedule is None else _copy_json(p.schedule)}"
+            f"\t{_NULL if p.timeout is None else repr(p.timeout)}\t{trace}\n"
+        )
+        if len(lines) == _CHUNK:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
+
+
+def _copy_field(text: str) -> str:
+    """``text`` as a field of COPY's text format (backslash, tab, newline and CR escaped)."""
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_COPY_ESCAPES)
+    return text
+
+
+def _copy_json(text: str) -> str:
+    """JSON text from json.dumps as a field of COPY's text format."""
+    return text.replace("\\", "\\\\") if "\\" in text else text
 
 
 copy_jobs = blocking(_copy_jobs)

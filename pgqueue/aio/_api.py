@@ -61,7 +61,8 @@ def awaitable(
     """The asyncio flavour of a call: ``sql`` is an AsyncConnection (joining the caller's
     open transaction) or an AsyncConnectionPool (a connection is checked out and committed).
 
-    Bad input raises before a connection is touched, as in the blocking flavour.
+    Bad input raises before a connection is touched, as in the blocking flavour (but for
+    the jobs that add_jobs_to_queue checks while its COPY streams).
     """
 
     async def call(sql: AsyncSqlTarget, /, *args: P.args, **kwargs: P.kwargs) -> T:

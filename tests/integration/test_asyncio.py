@@ -107,6 +107,22 @@ def test_async_calls_on_a_pool_commit_and_match_the_blocking_ones(dsn, conn):
     assert pgqueue.pending_queue_size(conn)["pending_count"] == 3
 
 
+def test_async_bulk_enqueue_streams_and_a_late_bad_job_keeps_the_transaction(dsn, conn):
+    jobs = [{"name": "ok", "data": i} for i in range(2_500)]
+
+    async def main() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            async with aconn.transaction():
+                ids = await aio.add_jobs_to_queue(aconn, jobs)
+                with pytest.raises(pgqueue.InvalidJobError, match=r"^job 2000: "):
+                    await aio.add_jobs_to_queue(aconn, [*jobs[:2000], {"nmae": "x"}, *jobs])
+            return ids
+
+    ids = asyncio.run(main())
+    rows = conn.execute("SELECT id, data FROM pgqueue.jobs ORDER BY id").fetchall()
+    assert rows == [(job_id, i) for i, job_id in enumerate(ids)]
+
+
 def test_async_bad_input_raises_pgqueues_errors_before_connecting(dsn, conn):
     async def main() -> None:
         async with await psycopg.AsyncConnection.connect(dsn) as aconn:

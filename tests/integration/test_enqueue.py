@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -12,6 +12,8 @@ from psycopg_pool import ConnectionPool
 import pgqueue
 from pgqueue import InvalidJobError, JobStatus
 from pgqueue._db import translate_errors
+
+INTRANS = psycopg.pq.TransactionStatus.INTRANS
 
 
 def db_now(conn: psycopg.Connection) -> datetime:
@@ -188,6 +190,60 @@ def test_bulk_enqueue_is_all_or_nothing(conn):
         pgqueue.add_jobs_to_queue(conn, jobs)
     assert job_count(conn) == 0
     assert pgqueue.add_jobs_to_queue(conn, []) == []
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "in a transaction"])
+def test_a_bad_job_found_while_the_copy_streams_writes_nothing_and_keeps_the_callers_transaction(
+    dsn, autocommit
+):
+    """Past a thousand jobs, the jobs are checked while the COPY streams: a bad one late in
+    the list abandons the COPY, and in a transaction only the COPY's savepoint is undone."""
+    jobs = [{"name": "ok", "data": {"i": i}} for i in range(3_500)]
+    jobs[3_210] = {"name": "bad", "data": {"x": float("nan")}}
+    with psycopg.connect(dsn, autocommit=autocommit) as conn:
+        (before,) = pgqueue.add_jobs_to_queue(conn, [{"name": "before"}])
+        with pytest.raises(InvalidJobError, match=r"^job 3210: "):
+            pgqueue.add_jobs_to_queue(conn, jobs)
+        expected = psycopg.pq.TransactionStatus.IDLE if autocommit else INTRANS
+        assert conn.info.transaction_status == expected
+        (after,) = pgqueue.add_jobs_to_queue(conn, iter([{"name": "after"}]))
+        conn.commit()
+        rows = conn.execute("SELECT id, name FROM pgqueue.jobs ORDER BY id").fetchall()
+    assert rows == [(before, "before"), (after, "after")]
+
+
+@pytest.mark.parametrize("count", [3, 2_500], ids=["checked first", "checked while streaming"])
+def test_bulk_enqueue_stores_awkward_values_as_a_single_enqueue_does(conn, count):
+    """The bulk path writes COPY's text format itself: tabs, newlines, backslashes, quotes and
+    non-ASCII text in names, queues and data, time zones and floats come back unchanged."""
+    odd = 'tab\there, new\nline, cr\rback\\slash \\N "quoted" é ✓ \\u0041'
+    zone = timezone(timedelta(hours=-3, minutes=-30))
+    varied = [
+        {"name": odd, "queue": "q\t\\n", "data": {"s": odd, odd: [odd, 1.5, None]}},
+        {
+            "name": "timed",
+            "scheduled_at": datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=zone),
+            "timeout": 0.125,
+            "max_attempts": 2,
+            "priority": -7,
+            "retry": {"backoff": "fixed", "delay": 0.5},
+        },
+        {"name": "repeats", "schedule": "every 5 minutes", "data": odd},
+    ]
+    jobs = [varied[i % len(varied)] for i in range(count)]
+    ids = pgqueue.add_jobs_to_queue(conn, jobs)
+    for job_id, job in zip(ids[:3], jobs[:3], strict=True):
+        with conn.transaction():
+            single_id = pgqueue.add_job_to_queue(conn, job)
+        bulk, single = pgqueue.get_job(conn, job_id), pgqueue.get_job(conn, single_id)
+        assert bulk is not None
+        assert single is not None
+        fields = ("queue", "name", "data", "priority", "max_attempts", "retry", "schedule")
+        assert [getattr(bulk, f) for f in fields] == [getattr(single, f) for f in fields]
+        assert bulk.timeout == single.timeout
+        if "scheduled_at" in job:
+            assert bulk.scheduled_at == single.scheduled_at == job["scheduled_at"]
+    assert pgqueue.get_job(conn, ids[0]).name == odd  # type: ignore[union-attr]
 
 
 def test_bulk_enqueue_sends_one_notification_per_queue(dsn, conn):
