@@ -268,6 +268,40 @@ def test_a_crash_in_quarantine_is_blamed_even_when_the_claim_died_with_it(
     assert "crashed attempt 1 of 3" in job.last_error
 
 
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_a_crashed_job_behind_a_fresh_one_is_blamed_and_runs_alone(
+    conn: psycopg.Connection[Any], dsn: str, batch_size: int
+) -> None:
+    """A claim settles the crash of any job it picks, not only of the first: a crashed job
+    queued behind a fresh one is blamed, then runs alone, in a transaction of its own."""
+    retry = {"backoff": "fixed", "delay": 0, "jitter": 0}
+    fresh = pgqueue.add_jobs_to_queue(conn, [{"name": "work", "priority": 0}] * 2)
+    crashed = pgqueue.add_job_to_queue(conn, name="work", priority=1, retry=retry)
+    # Process 1 died running it alone (its start record as it left it).
+    conn.execute(
+        "INSERT INTO pgqueue.job_starts (job_id, attempt, process, token) VALUES (%s, 1, 1, 11)",
+        (crashed,),
+    )
+    calls: list[tuple[int, int, int]] = []
+
+    def handler(c: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        row = c.execute("SELECT txid_current()").fetchone()
+        assert row is not None
+        calls.append((job.id, job.crashes, row[0]))
+
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, batch_size=batch_size)
+    worker.work_off()
+
+    assert statuses(conn, [*fresh, crashed]) == ["completed"] * 3
+    job = pgqueue.get_job(conn, crashed)
+    assert job is not None
+    assert (job.attempts, job.crashes) == (2, 1), "the crash counted as an attempt"
+    ((_, crashes, txid),) = [call for call in calls if call[0] == crashed]
+    assert crashes == 1
+    assert [call[0] for call in calls if call[2] == txid] == [crashed], "it ran alone"
+    assert conn.execute("SELECT count(*) FROM pgqueue.job_starts").fetchone() == (0,)
+
+
 def test_the_start_records_of_slots_waiting_for_the_side_connection_go_in_one_statement(
     conn: psycopg.Connection[Any], dsn: str
 ) -> None:
