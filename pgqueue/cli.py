@@ -44,6 +44,7 @@ from .errors import PgQueueError
 from .migrate import latest_version, migrate, migrations
 from .records import JobStatus
 from .runner import DEFAULT_RUN_DIR, cmd_restart, cmd_start, cmd_stop, cmd_work, cmd_workoff
+from .worker import MAX_BATCH_SIZE
 
 __all__ = ["build_parser", "main"]
 
@@ -114,6 +115,43 @@ def _worker_options(sub: argparse.ArgumentParser, *, queues: bool, poll: bool) -
         action="store_true",
         help="no server-side prepared statements (for pgbouncer in transaction-pooling mode)",
     )
+    option(
+        sub,
+        "--batch-size",
+        dest="batch_size",
+        type=_batch_size,
+        default=1,
+        metavar="N",
+        help="batch mode: each slot claims up to N jobs in one transaction, each handler under "
+        f"its own savepoint, and commits them together (1 to {MAX_BATCH_SIZE}; 1: one job per "
+        "transaction)",
+    )
+    option(
+        sub,
+        "--handler-timeout",
+        dest="handler_timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="fail a handler call that runs longer than this (a job's own timeout wins; "
+        "default: none)",
+    )
+    option(
+        sub,
+        "--lease",
+        dest="lease",
+        type=positive_float,
+        metavar="SECONDS",
+        help="lease mode, for long jobs: run each outside a transaction, leased for this long "
+        "and extended while it runs (not with --batch-size)",
+    )
+
+
+def _batch_size(text: str) -> int:
+    """argparse type: a batch size, 1 to MAX_BATCH_SIZE."""
+    value = positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH_SIZE}, got {value}")
+    return value
 
 
 def _metrics_options(sub: argparse.ArgumentParser) -> None:

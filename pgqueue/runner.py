@@ -124,13 +124,15 @@ def _work(args: argparse.Namespace) -> int:
             listen_dsn=args.listen_dsn,
             prepare=not args.no_prepare,
             metrics=args.metrics_port is not None,
+            **_modes(args),
         )
         names = [args.name] if args.name else (sorted(app) if isinstance(app, Mapping) else None)
         logger.info(
-            "pgqueue %s worker on %s: concurrency %d, queues %s, names %s, app %s",
+            "pgqueue %s worker on %s: concurrency %d, batch size %d, queues %s, names %s, app %s",
             __version__,
             describe_dsn(dsn),
             args.concurrency,
+            args.batch_size,
             ", ".join(queues) if queues else "all",
             ", ".join(names) if names else "all",
             args.app,
@@ -219,6 +221,15 @@ def _metrics_server(args: argparse.Namespace, dsn: str) -> Iterator[None]:
         thread.join()
 
 
+def _modes(args: argparse.Namespace) -> dict[str, Any]:
+    """JobQueueWorker's batch_size, timeout and lease from --batch-size, --handler-timeout, --lease."""
+    if args.lease is not None and args.batch_size != 1:
+        raise ConfigurationError(
+            "--lease runs one job per slot at a time: it does not go with --batch-size"
+        )
+    return {"batch_size": args.batch_size, "timeout": args.handler_timeout, "lease": args.lease}
+
+
 def cmd_workoff(args: argparse.Namespace) -> int:
     """``pgqueue workoff``: run every job due now, then exit with a summary.
 
@@ -233,6 +244,7 @@ def cmd_workoff(args: argparse.Namespace) -> int:
             parallel_count=args.concurrency,
             queues=split_queues(args.queue),
             prepare=not args.no_prepare,
+            **_modes(args),
         )
         started = time.monotonic()
         with _stop_on_signals(threading.Event(), then=worker.stop), _progress(dsn, args, worker):
@@ -292,6 +304,11 @@ def _child_command(args: argparse.Namespace, slot: WorkerSlot, pid_file: Path) -
         command.append("--no-listen")
     if args.no_prepare:
         command.append("--no-prepare")
+    command += ["--batch-size", str(args.batch_size)]
+    if args.handler_timeout is not None:
+        command += ["--handler-timeout", repr(args.handler_timeout)]
+    if args.lease is not None:
+        command += ["--lease", repr(args.lease)]
     if slot.queue is not None:
         command += ["--queue", slot.queue]
     if given_dsn(args) is None:
@@ -535,6 +552,7 @@ def _report_stop(args: argparse.Namespace, entries: list[dict[str, Any]]) -> int
 
 def cmd_start(args: argparse.Namespace) -> int:
     """``pgqueue start``: start detached workers (``-n``), each with a pid and a log file."""
+    _modes(args)  # a bad combination fails before any worker starts
     run = RunDir(args.run_dir)
     with run.locked():
         where, entries = _start(args, run, args.workers)
@@ -566,6 +584,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     every queue, like ``pgqueue start``. Nothing is started when a worker
     does not stop.
     """
+    _modes(args)  # a bad combination fails before any worker stops
     run = RunDir(args.run_dir)
     with run.locked():
         slots = args.workers if args.workers is not None else run.slots()

@@ -64,6 +64,10 @@ __all__ = ["Handler", "JobQueueWorker", "RECURRING_JOB_NAME", "WorkerStats"]
 
 logger = logging.getLogger(__name__)
 
+#: The largest batch_size. Postgres caches 64 subtransactions per transaction; a batch of
+#: writing handlers uses one each, and overflowing the cache slows every other session down.
+MAX_BATCH_SIZE: Final = 50
+
 _RECONNECT_MAX_DELAY: Final = 5.0
 _LISTEN_TICK: Final = 0.25
 #: How often stop() and work_off() look again for slots that were replaced (seconds).
@@ -186,11 +190,8 @@ class JobQueueWorker(ClaimRunner):
         )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise ConfigurationError("batch_size must be an integer")
-        if not 1 <= batch_size <= 50:
-            # Postgres caches 64 subtransactions per transaction; a batch of
-            # writing handlers uses one each, and overflowing the cache slows
-            # every other session down.
-            raise ConfigurationError("batch_size must be between 1 and 50")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ConfigurationError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
         self.timeout = check_timeout(timeout, error=ConfigurationError)
         self.lease = check_timeout(lease, what="lease", error=ConfigurationError)
         if self.lease is not None and batch_size != 1:
