@@ -217,7 +217,7 @@ def _floor(s: dict[str, Any]) -> str:
         _table(["Python floor", "Jobs", "jobs/s (median)", "best", "vs pgbench"], rows)
         + "\n\nThreads in one process, libpq pipeline (psycopg.pq), pgqueue's transaction shape"
         " and nothing else: BEGIN + a minimal SKIP LOCKED claim + SAVEPOINT, then RELEASE + UPDATE + COMMIT"
-        " (batches: one RELEASE + SAVEPOINT round trip per further job); see bench/floor.py."
+        " (batches of no-op jobs the same, one claim and one completion per batch); see bench/floor.py."
     )
 
 
