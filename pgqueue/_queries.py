@@ -49,10 +49,13 @@ CANCEL_JOB: Final = "SELECT pgqueue.cancel_job(%s)"
 RETRY_JOBS: Final = "SELECT pgqueue.retry_jobs(%s, %s, %s)"
 CLEAR_JOBS: Final = "SELECT pgqueue.clear_jobs(%s)"
 CONFIGURE_QUEUE: Final = "SELECT pgqueue.configure_queue(%s, %s, %s::jsonb)"
-SET_CLEANUP_RULE: Final = (
-    "INSERT INTO pgqueue.cleanup_rules (name, status, purge_after)"
-    " VALUES (%s, %s, make_interval(secs => %s))"
-    " ON CONFLICT (name, status) DO UPDATE SET purge_after = excluded.purge_after"
+# Clean-up rules and the recurring job that applies them, in one statement: names, statuses and
+# seconds as arrays (one row per name and status), then ADD_RECURRING's parameters.
+REGISTER_CLEANUP: Final = (
+    "WITH rules AS (INSERT INTO pgqueue.cleanup_rules (name, status, purge_after)"  # noqa: S608
+    " SELECT r.name, r.status, make_interval(secs => r.seconds)"
+    " FROM unnest(%s::text[], %s::text[], %s::double precision[]) AS r(name, status, seconds)"
+    " ON CONFLICT (name, status) DO UPDATE SET purge_after = excluded.purge_after) " + ADD_RECURRING
 )
 LIST_JOBS: Final = (
     "SELECT " + JOB_COLUMNS + " FROM ("  # noqa: S608 (constants)

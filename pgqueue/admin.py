@@ -7,13 +7,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from . import _queries as q
-from ._db import SqlTarget, connection, translate_errors
 from ._input import MAX_NAME_BYTES, check_int, check_text, dump_data
 from ._sansio import Fetch, Steps, blocking
 from ._show import show
 from .builtins import CLEANUP_JOB_NAME
 from .errors import InvalidJobError
-from .queue import _add_builtin_recurring
+from .queue import builtin_recurring_params
 from .records import JobRecord, JobStatus
 from .retry import normalize_retry
 from .schedule import normalize_interval
@@ -117,24 +116,22 @@ def _run_job_now(job_id: int) -> Steps[int | None]:
 run_job_now = blocking(_run_job_now)
 
 
-def clear_jobs(sql: SqlTarget, *, queue: str | None = None) -> int:
+def _clear_jobs(*, queue: str | None = None) -> Steps[int]:
     """Delete every job (of ``queue``) that no worker is running; return how many (Redwood's clear)."""
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(
-            q.CLEAR_JOBS, (None if queue is None else check_text("queue", queue),)
-        ).fetchone()
-    assert row is not None
+    row = yield Fetch(q.CLEAR_JOBS, (None if queue is None else check_text("queue", queue),))
     return int(row[0])
 
 
-def list_jobs(
-    sql: SqlTarget,
+clear_jobs = blocking(_clear_jobs)
+
+
+def _list_jobs(
     *,
     status: str | None = None,
     queue: str | None = None,
     name: str | None = None,
     limit: int = 100,
-) -> list[JobRecord]:
+) -> Steps[list[JobRecord]]:
     """The newest jobs first, filtered by ``status`` (``running`` while a worker holds
     the job, as in get_job), ``queue`` and ``name``; at most ``limit``."""
     if status is not None and status not in JobStatus.__members__.values():
@@ -146,18 +143,19 @@ def list_jobs(
         "name": None if name is None else check_text("name", name),
         "limit": limit,
     }
-    with connection(sql) as conn, translate_errors():
-        rows = conn.execute(q.LIST_JOBS, params).fetchall()
+    rows = yield Fetch(q.LIST_JOBS, params, all=True)
     return [JobRecord.from_row(row) for row in rows]
 
 
-def configure_queue(
-    sql: SqlTarget,
+list_jobs = blocking(_list_jobs)
+
+
+def _configure_queue(
     name: str,
     *,
     max_concurrency: int | None = None,
     retry: Mapping[str, Any] | None = None,
-) -> None:
+) -> Steps[None]:
     """Set a queue's settings (replacing earlier ones).
 
     ``max_concurrency``: at most this many of the queue's jobs run at once,
@@ -169,22 +167,22 @@ def configure_queue(
     if max_concurrency is not None:
         check_int("max_concurrency", max_concurrency, low=1, high=10_000)
     policy = normalize_retry(retry)
-    with connection(sql) as conn, translate_errors():
-        conn.execute(
-            q.CONFIGURE_QUEUE,
-            (name, max_concurrency, None if policy is None else json.dumps(policy)),
-        )
+    yield Fetch(
+        q.CONFIGURE_QUEUE, (name, max_concurrency, None if policy is None else json.dumps(policy))
+    )
 
 
-def register_cleanup(
-    sql: SqlTarget,
+configure_queue = blocking(_configure_queue)
+
+
+def _register_cleanup(
     rules: Iterable[Mapping[str, Any]] = (),
     *,
     default_days: float | None = None,
     delete_successful_jobs: bool = False,
     delete_failed_jobs: bool = False,
     every: Mapping[str, Any] | None = None,
-) -> None:
+) -> Steps[None]:
     """Register clean-up rules and make sure the clean-up job runs.
 
     Each rule is ``{"type" or "name": job name, "purge_after_days": N}``
@@ -196,9 +194,10 @@ def register_cleanup(
     options) delete every other name's completed / failed jobs at the next
     clean-up run. Nothing is deleted that no rule covers. The built-in clean-up job
     (``pgqueue.cleanup``) runs every ``every`` (default one hour) on any
-    worker that is not restricted to other names.
+    worker that is not restricted to other names. A later rule for the same
+    name and status wins.
     """
-    rows: list[tuple[str, str, float]] = []
+    rows: dict[tuple[str, str], float] = {}
     for index, rule in enumerate(rules):
         if not isinstance(rule, Mapping):
             raise InvalidJobError(f"cleanup rule {index} must be a mapping")
@@ -217,35 +216,42 @@ def register_cleanup(
                 f"cleanup rule {index}: statuses must be some of {', '.join(_FINISHED)}"
             )
         seconds = _days_to_seconds(f"cleanup rule {index}: purge_after_days", days)
-        rows.extend(
-            (check_text("name", name, max_bytes=MAX_NAME_BYTES), status, seconds)
-            for status in statuses
-        )
+        name = check_text("name", name, max_bytes=MAX_NAME_BYTES)
+        rows.update(((name, status), seconds) for status in statuses)
     if default_days is not None:
         seconds = _days_to_seconds("default_days", default_days)
-        rows.extend(("*", status, seconds) for status in _FINISHED)
+        rows.update((("*", status), seconds) for status in _FINISHED)
     for flag, status in ((delete_successful_jobs, "completed"), (delete_failed_jobs, "failed")):
         if not isinstance(flag, bool):
             raise InvalidJobError(
                 "delete_successful_jobs and delete_failed_jobs must be True or False"
             )
         if flag:
-            rows.append(("*", status, 0.0))
-    # Checked before anything is written, and written together: a bad ``every``
-    # must not leave the rules registered without the job that applies them.
+            rows[("*", status)] = 0.0
+    # One statement: a bad ``every`` must not leave the rules registered without the job that
+    # applies them, and on a connection in autocommit the rules and the job commit together.
     interval = normalize_interval(every or {"hours": 1})
-    with connection(sql) as conn, translate_errors(), conn.transaction():
-        for row in rows:
-            conn.execute(q.SET_CLEANUP_RULE, row)
-        _add_builtin_recurring(conn, CLEANUP_JOB_NAME, interval)
+    yield Fetch(
+        q.REGISTER_CLEANUP,
+        (
+            [name for name, _ in rows],
+            [status for _, status in rows],
+            list(rows.values()),
+            *builtin_recurring_params(CLEANUP_JOB_NAME, interval),
+        ),
+    )
 
 
-def run_cleanup(sql: SqlTarget) -> int:
+register_cleanup = blocking(_register_cleanup)
+
+
+def _run_cleanup() -> Steps[int]:
     """Apply the clean-up rules now; return how many jobs were deleted."""
-    with connection(sql) as conn, translate_errors():
-        row = conn.execute(q.CLEANUP).fetchone()
-    assert row is not None
+    row = yield Fetch(q.CLEANUP)
     return int(row[0])
+
+
+run_cleanup = blocking(_run_cleanup)
 
 
 def _days_to_seconds(what: str, days: Any) -> float:

@@ -295,14 +295,10 @@ def _add_recurring_job_to_queue(
 add_recurring_job_to_queue = blocking(_add_recurring_job_to_queue)
 
 
-def _add_builtin_recurring(conn: Any, name: str, interval: Mapping[str, Any]) -> int:
-    """Schedule one of pgqueue's own recurring jobs (reserved names allowed)."""
-    row = conn.execute(
-        q.ADD_RECURRING,
-        (None, name, 1, json.dumps(normalize_interval(interval)), None, None, None),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+def builtin_recurring_params(name: str, interval: Mapping[str, Any]) -> tuple[Any, ...]:
+    """q.ADD_RECURRING's parameters for one of pgqueue's own recurring jobs (reserved names
+    allowed)."""
+    return (None, name, 1, json.dumps(normalize_interval(interval)), None, None, None)
 
 
 def _get_job(job_id: int) -> Steps[JobRecord | None]:

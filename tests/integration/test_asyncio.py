@@ -141,6 +141,46 @@ def test_async_bad_input_raises_pgqueues_errors_before_connecting(dsn, conn):
     assert pgqueue.pending_queue_size(conn)["pending_count"] == 0
 
 
+def test_async_admin_calls_list_clear_configure_and_clean_up(dsn, conn):
+    """aio's list_jobs, clear_jobs, configure_queue, register_cleanup and run_cleanup do what
+    the blocking ones do, on a connection (joining its transaction) and on a pool."""
+    old = pgqueue.add_job_to_queue(conn, name="old", queue="q1")
+    conn.execute(
+        "UPDATE pgqueue.jobs SET status = 'completed', updated_at = now() - interval '3 days',"
+        " completed_at = now() - interval '3 days' WHERE id = %s",
+        (old,),
+    )
+    pending = pgqueue.add_jobs_to_queue(conn, [{"name": "a", "queue": "q1"}, {"name": "b"}])
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            listed = await aio.list_jobs(aconn, status="pending", queue="q1")
+            assert [job.id for job in listed] == [pending[0]]
+            async with aconn.transaction():
+                await aio.configure_queue(aconn, "q1", max_concurrency=3, retry={"delay": 5})
+                # A later rule for the same name and status wins, as with the blocking call.
+                rules = [
+                    {"type": "old", "purge_after_days": 9},
+                    {"type": "old", "purge_after_days": 2},
+                ]
+                await aio.register_cleanup(aconn, rules, every={"minutes": 10})
+            with pytest.raises(pgqueue.InvalidJobError, match="limit"):
+                await aio.list_jobs(aconn, limit=0)
+        async with AsyncConnectionPool(dsn, open=False) as pool:
+            assert await aio.run_cleanup(pool) == 1
+            assert await aio.clear_jobs(pool, queue="q1") == 1
+
+    asyncio.run(main())
+    assert pgqueue.get_job(conn, old) is None
+    assert sorted(job.name for job in pgqueue.list_jobs(conn)) == ["b", "pgqueue.recurring"]
+    rows = conn.execute("SELECT name, max_concurrency, retry FROM pgqueue.queues").fetchall()
+    assert rows == [("q1", 3, {"delay": 5})]
+    rules = conn.execute(
+        "SELECT DISTINCT name, extract(epoch FROM purge_after) / 86400 FROM pgqueue.cleanup_rules"
+    ).fetchall()
+    assert rules == [("old", 2)]
+
+
 def test_async_calls_keep_the_public_signature():
     import inspect
 
