@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from worker_helpers import (
     DEADLINE,
     Calls,
@@ -251,6 +253,60 @@ def test_handlers_that_send_nothing_share_a_savepoint_that_still_undoes_only_a_f
     # One savepoint taken again: before "silent again", the first job after one that talked
     # to the server (a rollback to a savepoint leaves it in place; "writes last" is last).
     assert sum(savepoints.items) == 1
+
+
+#: What a batch handler may do: (writes a row, talks to the server otherwise, fails).
+BEHAVIOURS: dict[str, tuple[bool, bool, bool]] = {
+    "silent": (False, False, False),
+    "writes": (True, False, False),
+    "reads": (False, True, False),
+    "nested block": (True, True, False),
+    "silent, fails": (False, False, True),
+    "writes, fails": (True, False, True),
+    "reads, fails": (False, True, True),
+}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(plan=st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=1, max_size=12))
+def test_any_mix_of_handlers_keeps_exactly_the_writes_of_the_jobs_that_completed(
+    conn: psycopg.Connection[Any], dsn: str, plan: list[str]
+) -> None:
+    """Whatever each handler of a batch does, the rows that stay are those of the jobs that
+    completed, and each job ran once: a savepoint kept across silent handlers undoes no
+    completed job's writes."""
+    conn.execute("CREATE TABLE IF NOT EXISTS results (job_id bigint PRIMARY KEY, note text)")
+    conn.execute("TRUNCATE results, pgqueue.jobs")
+    ids = pgqueue.add_jobs_to_queue(conn, [{"name": name, "retry": RETRY_LATER} for name in plan])
+    calls = collections.Counter[int]()
+
+    def handler(c: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        calls[job.id] += 1
+        writes, reads, fails = BEHAVIOURS[job.name]
+        if reads:
+            c.execute("SELECT count(*) FROM results").fetchone()
+        if writes and reads:
+            with c.transaction():
+                insert_result(c, job)
+        elif writes:
+            insert_result(c, job)
+        if fails:
+            raise Boom(job.name)
+
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, batch_size=len(plan), poll_interval=9)
+    stats = work_off(worker)
+
+    assert calls == dict.fromkeys(ids, 1)
+    done = [job_id for job_id, name in zip(ids, plan, strict=True) if not BEHAVIOURS[name][2]]
+    writers = [
+        job_id
+        for job_id, name in zip(ids, plan, strict=True)
+        if BEHAVIOURS[name][0] and not BEHAVIOURS[name][2]
+    ]
+    assert result_ids(conn) == writers
+    assert stats.as_dict() == {"completed": len(done), "retried": len(ids) - len(done), "failed": 0}
+    assert [status(conn, job_id) for job_id in done] == ["completed"] * len(done)
 
 
 # -- a crash ----------------------------------------------------------------------------
