@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -159,10 +160,17 @@ class _Guard:
                 return PlainTextResponse("this dashboard serves loopback only", status_code=403)
             request.scope.setdefault("state", {})["who"] = f"local ({client})"
             return None
+        shown = self.auth.shown(request.headers)
+        wait = self.auth.retry_after(client) if shown else None
+        if wait is not None:
+            return _too_many_wrong_tokens(wait)
         who = self.auth.identify(request.headers, request.cookies)
         if who is not None:
             request.scope.setdefault("state", {})["who"] = f"{who} ({client})"
             return None
+        if shown:
+            self.auth.failed(client)
+            logger.warning("dashboard token refused from %s", client, extra={"action": "auth"})
         path = request.url.path
         if path.startswith(_PUBLIC):
             return None
@@ -175,6 +183,15 @@ class _Guard:
             status_code=401,
             headers={"www-authenticate": 'Basic realm="pgqueue dashboard", charset="UTF-8"'},
         )
+
+
+def _too_many_wrong_tokens(wait: float) -> Response:
+    seconds = str(math.ceil(wait))
+    return PlainTextResponse(
+        f"too many wrong tokens from this address: try again in {seconds} s",
+        status_code=429,
+        headers={"retry-after": seconds},
+    )
 
 
 class _Dashboard:
@@ -295,7 +312,19 @@ class _Dashboard:
             return PlainTextResponse("cross-site login refused", status_code=403)
         if not self.auth.required:
             return RedirectResponse(target, status_code=303)
+        wait = self.auth.retry_after(client)
+        if wait is not None:
+            response = self.render(
+                request,
+                "login.html",
+                status_code=429,
+                next=target,
+                error=f"Too many wrong tokens: try again in {math.ceil(wait)} s.",
+            )
+            response.headers["retry-after"] = str(math.ceil(wait))
+            return response
         if not self.auth.check_token(str(form.get("token") or "")):
+            self.auth.failed(client)
             logger.warning("dashboard login refused from %s", client, extra={"action": "login"})
             return self.render(
                 request, "login.html", status_code=401, next=target, error="Wrong token."

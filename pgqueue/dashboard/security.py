@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import time
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit
@@ -19,6 +21,8 @@ from urllib.parse import urlsplit
 __all__ = [
     "CSRF_COOKIE",
     "CSRF_FIELD",
+    "FAILURE_WINDOW",
+    "MAX_FAILURES",
     "SESSION_COOKIE",
     "Auth",
     "check_csrf",
@@ -35,6 +39,13 @@ CSRF_COOKIE: Final = "pgqueue_csrf"
 CSRF_FIELD: Final = "csrf_token"
 #: Set by a successful login: an HMAC of the access token under the app's secret.
 SESSION_COOKIE: Final = "pgqueue_session"
+#: Wrong tokens (a login, a bearer token, a basic-auth password) one client address may give
+#: in :data:`FAILURE_WINDOW` seconds; then its attempts are refused (429) until the oldest of
+#: them is that old.
+MAX_FAILURES: Final = 10
+FAILURE_WINDOW: Final = 60.0
+#: Client addresses remembered at most (the least recently failed are forgotten first).
+_MAX_CLIENTS: Final = 10_000
 
 
 def is_loopback(host: str) -> bool:
@@ -107,6 +118,37 @@ class Auth:
     def __init__(self, token: str | None, secret: bytes) -> None:
         self.token = token
         self.secret = secret
+        # Per client address, the times of its recent wrong tokens (one event loop: no lock).
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try a token again; None when it may now."""
+        times = self._failures.get(client)
+        if times is None:
+            return None
+        now = time.monotonic()
+        while times and times[0] <= now - FAILURE_WINDOW:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+            return None
+        if len(times) < MAX_FAILURES:
+            return None
+        return times[0] + FAILURE_WINDOW - now
+
+    def failed(self, client: str) -> None:
+        """Count a wrong token from ``client``."""
+        times = self._failures.pop(client, None) or deque(maxlen=MAX_FAILURES)
+        times.append(time.monotonic())
+        self._failures[client] = times
+        while len(self._failures) > _MAX_CLIENTS:
+            self._failures.popitem(last=False)
+
+    def shown(self, headers: Mapping[str, str]) -> bool:
+        """Whether the request offers a token in its Authorization header (a login cookie is
+        not a guess of the token: it is an HMAC under the app's secret)."""
+        scheme = (headers.get("authorization") or "").partition(" ")[0].lower()
+        return scheme in ("bearer", "basic")
 
     @property
     def required(self) -> bool:

@@ -20,6 +20,7 @@ import pgqueue
 from pgqueue.cli import main
 from pgqueue.dashboard import create_app
 from pgqueue.dashboard.data import describe_every
+from pgqueue.dashboard.security import FAILURE_WINDOW, MAX_FAILURES
 
 LOCAL = "http://127.0.0.1:8000"
 TOKEN = "s3cret-token"
@@ -305,6 +306,41 @@ def test_with_a_token_every_request_needs_it(conn, dsn):
         response = c.post(f"/jobs/{job_id}/retry", data={"csrf_token": token})
         assert response.status_code == 303
     assert status(conn, job_id) == "pending"
+
+
+def test_wrong_tokens_from_one_address_are_refused_for_a_while(dsn):
+    """After MAX_FAILURES wrong tokens in FAILURE_WINDOW seconds (bearer, basic auth or the
+    login form alike) an address gets 429 for any token, even the right one; other addresses,
+    requests without a token and a login cookie are not held back."""
+    app = create_app(dsn, token=TOKEN)
+    right = {"authorization": f"Bearer {TOKEN}"}
+    with _client(app, base_url="http://dash.example", client="10.9.9.9") as guesser:
+        logged_in = guesser.post("/login", data={"token": TOKEN, "next": "/"})
+        assert logged_in.status_code == 303
+        cookies = dict(guesser.cookies)
+        guesser.cookies.clear()
+        wrong = base64.b64encode(b"admin:guess").decode()
+        for attempt in range(MAX_FAILURES):
+            if attempt % 3 == 0:
+                refused = guesser.post("/login", data={"token": f"guess{attempt}", "next": "/"})
+            elif attempt % 3 == 1:
+                refused = guesser.get("/live", headers={"authorization": f"Basic {wrong}"})
+            else:
+                refused = guesser.get("/live", headers={"authorization": "Bearer guess"})
+            assert refused.status_code == 401, attempt
+        held = guesser.get("/live", headers=right)
+        assert held.status_code == 429
+        assert 50 <= int(held.headers["retry-after"]) <= FAILURE_WINDOW
+        login = guesser.post("/login", data={"token": TOKEN, "next": "/"})
+        assert login.status_code == 429
+        assert "Too many wrong tokens" in login.text
+        assert "pgqueue_session" not in guesser.cookies
+        # No token shown: not a guess, not held back.
+        assert guesser.get("/live").status_code == 401
+        guesser.cookies.update(cookies)
+        assert guesser.get("/live").status_code == 200
+    with _client(app, base_url="http://dash.example", client="10.9.9.10") as other:
+        assert other.get("/live", headers=right).status_code == 200
 
 
 def test_extra_routes_are_served_behind_the_same_token(dsn):

@@ -6,7 +6,10 @@ import base64
 
 import pytest
 
+from pgqueue.dashboard import security
 from pgqueue.dashboard.security import (
+    FAILURE_WINDOW,
+    MAX_FAILURES,
     Auth,
     check_csrf,
     csrf_token,
@@ -75,3 +78,32 @@ def test_auth_identifies_bearer_basic_and_session():
     assert auth.identify({}, {"pgqueue_session": "x"}) is None
     assert Auth("other", b"k" * 32).session_value() != auth.session_value()
     assert Auth(None, b"k" * 32).identify({}, {}) == "local"
+
+
+def test_wrong_tokens_hold_an_address_back_until_the_oldest_leaves_the_window(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(security.time, "monotonic", lambda: clock[0])
+    auth = Auth("t0ken", b"k" * 32)
+    for _ in range(MAX_FAILURES - 1):
+        auth.failed("10.0.0.1")
+        clock[0] += 1
+    assert auth.retry_after("10.0.0.1") is None, "one wrong token short of the limit"
+    auth.failed("10.0.0.1")
+    assert auth.retry_after("10.0.0.1") == FAILURE_WINDOW - (MAX_FAILURES - 1)
+    assert auth.retry_after("10.0.0.2") is None
+    clock[0] = 1000.0 + FAILURE_WINDOW  # the first wrong token is now that old
+    assert auth.retry_after("10.0.0.1") is None
+    assert auth.shown({"authorization": "Bearer x"})
+    assert auth.shown({"authorization": "basic eDp5"})
+    assert not auth.shown({"authorization": "Digest x"})
+    assert not auth.shown({})
+
+
+def test_the_failed_addresses_remembered_are_bounded(monkeypatch):
+    monkeypatch.setattr(security, "_MAX_CLIENTS", 3)
+    auth = Auth("t0ken", b"k" * 32)
+    for client in ("a", "b", "c", "d"):
+        for _ in range(MAX_FAILURES):
+            auth.failed(client)
+    assert auth.retry_after("a") is None, "the least recently failed was forgotten"
+    assert all(auth.retry_after(client) is not None for client in ("b", "c", "d"))
