@@ -121,6 +121,7 @@ class Outcome:
     jobs: int
     workers: int
     threads: int
+    batch_size: int = 1
     completed: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -161,6 +162,7 @@ class Outcome:
             f"jobs={self.jobs}",
             f"completed={self.completed}",
             f"workers={self.workers}x{self.threads}",
+            f"batch={self.batch_size}",
             f"kills={self.kills}",
             f"terminations={self.terminations}",
             f"restarts={len(self.restarts)}",
@@ -219,10 +221,13 @@ class Admin:
 class Workers:
     """The worker processes: start, SIGKILL and replace, notice unplanned exits, stop."""
 
-    def __init__(self, server: ChaosServer, dbname: str, threads: int, log_dir: Path) -> None:
+    def __init__(
+        self, server: ChaosServer, dbname: str, threads: int, batch_size: int, log_dir: Path
+    ) -> None:
         self._server = server
         self._dbname = dbname
         self._threads = threads
+        self._batch_size = batch_size
         self.log_dir = log_dir
         self._serial = 0
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -243,6 +248,8 @@ class Workers:
                     dsn,
                     "--threads",
                     str(self._threads),
+                    "--batch-size",
+                    str(self._batch_size),
                 ],
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
@@ -344,6 +351,7 @@ class Options:
     jobs: int = 20_000
     workers: int = 3
     threads: int = 4
+    batch_size: int = 1
     restarts: int = 2
     kills: int = 10
     terminations: int = 20
@@ -366,8 +374,10 @@ class _Run:
         self.rng = random.Random(opts.seed)
         self.admin = Admin(server.dsn_for(dbname, application_name=ADMIN_APP_NAME))
         self.log_dir = Path(tempfile.mkdtemp(prefix="pgqueue-chaos-logs-"))
-        self.workers = Workers(server, dbname, opts.threads, self.log_dir)
-        self.outcome = Outcome(jobs=opts.jobs, workers=opts.workers, threads=opts.threads)
+        self.workers = Workers(server, dbname, opts.threads, opts.batch_size, self.log_dir)
+        self.outcome = Outcome(
+            jobs=opts.jobs, workers=opts.workers, threads=opts.threads, batch_size=opts.batch_size
+        )
 
     def log(self, message: str) -> None:
         self._log(f"[{time.monotonic() - self.started:6.1f} s] {message}")
@@ -555,6 +565,13 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     parser.add_argument("--threads", type=int, default=4, help="slots per worker (default 4)")
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="jobs per slot's transaction (default 1); batch mode is fast: raise --jobs so that"
+        " the events land while jobs remain",
+    )
+    parser.add_argument(
         "--restarts",
         type=int,
         default=2,
@@ -582,9 +599,9 @@ def parse_args(argv: list[str] | None) -> Options:
         "--keep-logs", action="store_true", help="keep the worker logs also when the run passes"
     )
     args = parser.parse_args(argv)
-    for name in ("jobs", "workers", "threads"):
+    for name in ("jobs", "workers", "threads", "batch_size"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("restarts", "kills", "terminations"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must not be negative")
@@ -592,6 +609,7 @@ def parse_args(argv: list[str] | None) -> Options:
         jobs=args.jobs,
         workers=args.workers,
         threads=args.threads,
+        batch_size=args.batch_size,
         restarts=args.restarts,
         kills=args.kills,
         terminations=args.terminations,

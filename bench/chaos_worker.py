@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos_worker")
     parser.add_argument("--dsn", required=True, help="the chaos database (with application_name)")
     parser.add_argument("--threads", type=int, default=4, help="worker slots (parallel_count)")
+    parser.add_argument("--batch-size", type=int, default=1, help="jobs per slot's transaction")
     parser.add_argument("--poll-interval", type=float, default=0.5)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         handler=handler,
         parallel_count=args.threads,
         poll_interval=args.poll_interval,
+        batch_size=args.batch_size,
     )
     if not _start(worker, stop):
         return 0
