@@ -174,14 +174,15 @@ class ClaimRunner:
                     watch = self._supervisor.arm(
                         slot, job, ids=ids, token=token, pid=pid, timeout=timeout
                     )
-                traffic = Traffic(conn)
+                # Only a job that another follows needs to know (the default mode: never).
+                traffic = Traffic(conn) if job is not jobs[-1] else None
                 try:
-                    with traffic:
+                    with traffic or contextlib.nullcontext():
                         error, result = self._run_handler(conn, job)
                 finally:
                     if watch is not None and self._supervisor.disarm(watch):
                         self._abandon(conn, job)
-                clean = limits == before and not traffic.used
+                clean = limits == before and not (traffic is not None and traffic.used)
                 if error is None:
                     done.append((job, result))
                 elif conn.info.transaction_status == TransactionStatus.IDLE:

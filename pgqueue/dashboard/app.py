@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -185,12 +184,11 @@ class _Guard:
         )
 
 
-def _too_many_wrong_tokens(wait: float) -> Response:
-    seconds = str(math.ceil(wait))
+def _too_many_wrong_tokens(wait: int) -> Response:
     return PlainTextResponse(
-        f"too many wrong tokens from this address: try again in {seconds} s",
+        f"too many wrong tokens from this address: try again in {wait} s",
         status_code=429,
-        headers={"retry-after": seconds},
+        headers={"retry-after": str(wait)},
     )
 
 
@@ -319,9 +317,9 @@ class _Dashboard:
                 "login.html",
                 status_code=429,
                 next=target,
-                error=f"Too many wrong tokens: try again in {math.ceil(wait)} s.",
+                error=f"Too many wrong tokens: try again in {wait} s.",
             )
-            response.headers["retry-after"] = str(math.ceil(wait))
+            response.headers["retry-after"] = str(wait)
             return response
         if not self.auth.check_token(str(form.get("token") or "")):
             self.auth.failed(client)

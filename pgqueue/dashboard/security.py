@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -121,8 +122,8 @@ class Auth:
         # Per client address, the times of its recent wrong tokens (one event loop: no lock).
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def retry_after(self, client: str) -> float | None:
-        """Seconds until ``client`` may try a token again; None when it may now."""
+    def retry_after(self, client: str) -> int | None:
+        """Whole seconds until ``client`` may try a token again; None when it may now."""
         times = self._failures.get(client)
         if times is None:
             return None
@@ -134,7 +135,7 @@ class Auth:
             return None
         if len(times) < MAX_FAILURES:
             return None
-        return times[0] + FAILURE_WINDOW - now
+        return math.ceil(times[0] + FAILURE_WINDOW - now)
 
     def failed(self, client: str) -> None:
         """Count a wrong token from ``client``."""
