@@ -362,7 +362,9 @@ ASYNC_WORKER_SCRIPT = textwrap.dedent(
 
     async def handler(conn, job):
         await conn.execute("INSERT INTO results (job_id, note) VALUES (%s, 'killed')", (job.id,))
-        marker.write_text(str(job.id))
+        # Written whole, then renamed: the test polls for the file and reads it.
+        marker.with_suffix('.tmp').write_text(str(job.id))
+        marker.with_suffix('.tmp').replace(marker)
         await asyncio.sleep(600)
 
 

@@ -61,7 +61,9 @@ WORKER_SCRIPT = textwrap.dedent(
     # the other processes must get their turns too (a poll is their only chance at a full queue).
     worker = pgqueue.JobQueueWorker(dsn, handler=handler, parallel_count=4, poll_interval=0.02)
     worker.start()
-    ready.write_text(str(os.getpid()))
+    # Written whole, then renamed: the test polls for the file and reads it.
+    ready.with_suffix('.tmp').write_text(str(os.getpid()))
+    ready.with_suffix('.tmp').replace(ready)
     time.sleep(600)
     """
 )

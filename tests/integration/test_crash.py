@@ -26,7 +26,9 @@ WORKER_SCRIPT = textwrap.dedent(
 
     def handler(conn, job):
         conn.execute("INSERT INTO results (job_id, note) VALUES (%s, 'killed')", (job.id,))
-        marker.write_text(str(job.id))
+        # Written whole, then renamed: the test polls for the file and reads it.
+        marker.with_suffix('.tmp').write_text(str(job.id))
+        marker.with_suffix('.tmp').replace(marker)
         time.sleep(600)  # Blocks in Python, not in the server: the kill finds it here.
 
 

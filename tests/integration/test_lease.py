@@ -117,7 +117,9 @@ LEASE_WORKER = textwrap.dedent(
 
     def handler(conn, job):
         conn.execute("INSERT INTO results (job_id, note) VALUES (%s, 'first run')", (job.id,))
-        marker.write_text(str(job.id))
+        # Written whole, then renamed: the test polls for the file and reads it.
+        marker.with_suffix('.tmp').write_text(str(job.id))
+        marker.with_suffix('.tmp').replace(marker)
         time.sleep(600)
 
 
