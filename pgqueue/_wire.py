@@ -1,4 +1,4 @@
-"""A claim's transaction on a slot's connection, begun and ended through libpq directly (psycopg.pq).
+"""A claim's transaction on a slot's connection, blocking or async, through libpq (psycopg.pq).
 
 psycopg's pipeline mode writes each statement to the socket as it is queued: a
 system call and a wake-up of the server process per statement. The hot path of a
@@ -6,6 +6,10 @@ claim is two round trips of several statements each (BEGIN, claim, SAVEPOINT;
 complete, COMMIT); here each round trip is one write and one sync. On the
 2-core machine of bench/ this took a minimal claim-and-complete loop from 365 to
 98 µs of Python CPU per job, and from 2.1k to 4.2k jobs/s at 4 threads.
+
+Each call is written once, as a generator that sends through libpq and yields what it waits
+for (the socket writable, or replies): :class:`ClaimTransaction` blocks on the socket,
+:class:`AsyncClaimTransaction` (the asyncio worker's) awaits it on the event loop.
 
 The handler still gets the psycopg connection, inside the claim's transaction:
 between :meth:`ClaimTransaction.begin` and its end the transaction counts as a
@@ -23,13 +27,14 @@ its jobs run again) and the connection sends that statement unnamed from then on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import select
 import weakref
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import errors, pq
@@ -37,6 +42,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import PyFormat, Transformer
 
 __all__ = [
+    "AsyncClaimTransaction",
     "ClaimTransaction",
     "Statement",
     "StatementDropped",
@@ -55,7 +61,9 @@ class _Names:
     dropped: set[bytes] = field(default_factory=set)
 
 
-_names: weakref.WeakKeyDictionary[psycopg.Connection[Any], _Names] = weakref.WeakKeyDictionary()
+T = TypeVar("T")
+
+_names: weakref.WeakKeyDictionary[psycopg.BaseConnection[Any], _Names] = weakref.WeakKeyDictionary()
 
 _DUPLICATE = b"42P05"  # duplicate_prepared_statement
 _BEGIN = b"BEGIN"
@@ -79,14 +87,22 @@ class StatementDropped(Exception):
     made psycopg drop it, or dropped it): the transaction is aborted, still open."""
 
 
-class ClaimTransaction:
-    """The claim transactions of one connection (one at a time).
+#: What a round trip waits for, yielded by the steps of :class:`_Claims`: True for the
+#: socket to take more bytes, False for the server's replies.
+_Steps: TypeAlias = Generator[bool, None, T]
+
+
+class _Claims:
+    """The claim transactions of one connection (one at a time), without I/O: each call is a
+    generator that sends through libpq, yields what it waits for and returns the results;
+    :class:`ClaimTransaction` drives them blocking, :class:`AsyncClaimTransaction` on an
+    event loop.
 
     ``prepare=False`` (behind pgbouncer's transaction pooling) sends every
     statement unnamed.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], *, prepare: bool) -> None:
+    def __init__(self, conn: psycopg.BaseConnection[Any], *, prepare: bool) -> None:
         self.conn = conn
         self._prepare = prepare
         names = _names.setdefault(conn, _Names())
@@ -96,18 +112,14 @@ class ClaimTransaction:
         #: A claim's transaction is open (begun, not yet ended).
         self.open = False
 
-    def begin(
-        self, statements: Sequence[Statement], *, later: Sequence[Statement] = ()
-    ) -> list[pq.abc.PGresult]:
-        """BEGIN, then ``statements``, in one round trip; their results. ``later``: statements
-        of the transaction's later round trips, prepared here if they are not yet. On an error
-        the transaction is rolled back and the error raised (as psycopg would raise it); tried
-        again first when a prepared statement was missing, or there after all."""
+    def _begin(
+        self, statements: Sequence[Statement], later: Sequence[Statement]
+    ) -> _Steps[list[pq.abc.PGresult]]:
         assert not self.open
         failed = 0
         while True:
             try:
-                results = self._round_trip([Statement(_BEGIN), *statements], later=later)
+                results = yield from self._round_trip([Statement(_BEGIN), *statements], later=later)
             except (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatement) as exc:
                 # One missing: likely all gone (DEALLOCATE ALL), the ones not sent here too;
                 # one there after all: _replies has noted it. Each failed try puts at least
@@ -115,35 +127,27 @@ class ClaimTransaction:
                 if isinstance(exc, errors.InvalidSqlStatementName):
                     self._prepared.clear()
                 with contextlib.suppress(psycopg.Error):
-                    self._end_on_server()
+                    yield from self._end_on_server()
                 failed += 1
                 if failed > sum(1 for s in [*statements, *later] if s.prepared_as is not None):
                     raise
                 continue
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
-                    self._end_on_server()
+                    yield from self._end_on_server()
                 raise
             self.open = True
             self.conn._num_transactions += 1  # a transaction block: see the module docstring
             return results[1:]
 
-    def run(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
-        """``statements`` in one round trip, inside the open transaction; their results."""
+    def _run(self, statements: Sequence[Statement]) -> _Steps[list[pq.abc.PGresult]]:
         assert self.open
-        return self._round_trip(statements)
+        return (yield from self._round_trip(statements))
 
-    def commit(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
-        """``statements``, then COMMIT, in one round trip; their results.
-
-        When a statement fails the error is raised and the transaction stays open
-        (aborted: end it with :meth:`rollback`); :class:`StatementDropped` when it was a
-        prepared one that vanished. When the COMMIT itself fails, the server has rolled
-        everything back: the transaction is over and its error raised.
-        """
+    def _commit(self, statements: Sequence[Statement]) -> _Steps[list[pq.abc.PGresult]]:
         assert self.open
         try:
-            results = self._round_trip([*statements, Statement(_COMMIT)])
+            results = yield from self._round_trip([*statements, Statement(_COMMIT)])
         except errors.InvalidSqlStatementName as exc:
             # Not prepared here again (a handler that drops it once may do so every time).
             self._dropped.update(s.prepared_as for s in statements if s.prepared_as is not None)
@@ -155,10 +159,9 @@ class ClaimTransaction:
         self.release()
         return results[:-1]
 
-    def rollback(self) -> None:
-        """Roll the transaction back (if the server still has it open) and end it."""
+    def _rollback(self) -> _Steps[None]:
         try:
-            self._end_on_server()
+            yield from self._end_on_server()
         finally:
             self.release()
 
@@ -179,12 +182,12 @@ class ClaimTransaction:
     def _status(self) -> pq.TransactionStatus:
         return pq.TransactionStatus(self.conn.pgconn.transaction_status)
 
-    def _end_on_server(self) -> None:
+    def _end_on_server(self) -> _Steps[None]:
         if not self.conn.closed and self._status() in (
             pq.TransactionStatus.INTRANS,
             pq.TransactionStatus.INERROR,
         ):
-            self._round_trip([Statement(_ROLLBACK)])
+            yield from self._round_trip([Statement(_ROLLBACK)])
 
     def _named(self, statement: Statement) -> bytes | None:
         """The name ``statement`` may be prepared as on this connection (None: unnamed)."""
@@ -193,7 +196,7 @@ class ClaimTransaction:
 
     def _round_trip(
         self, statements: Sequence[Statement], *, later: Sequence[Statement] | None = None
-    ) -> list[pq.abc.PGresult]:
+    ) -> _Steps[list[pq.abc.PGresult]]:
         """Send ``statements`` and one sync, wait for every reply; each statement's result.
         Raises the first error, as psycopg would, once all replies are in.
 
@@ -220,15 +223,15 @@ class ClaimTransaction:
                     commands.append((name, True))
             pgconn.pipeline_sync()
             while pgconn.flush():
-                _wait(pgconn, write=True)
-            return self._replies(pgconn, commands, len(statements))
+                yield True
+            return (yield from self._replies(pgconn, commands, len(statements)))
         finally:
             if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status:
                 try:
                     pgconn.exit_pipeline_mode()
                 except psycopg.Error:
                     # Replies left unread (interrupted): nobody can use the connection now.
-                    self.conn.close()
+                    pgconn.finish()
 
     def _dump(self, statement: Statement) -> Sequence[Buffer | None] | None:
         if not statement.params:
@@ -237,7 +240,7 @@ class ClaimTransaction:
 
     def _replies(
         self, pgconn: pq.abc.PGconn, commands: Sequence[tuple[bytes | None, bool]], count: int
-    ) -> list[pq.abc.PGresult]:
+    ) -> _Steps[list[pq.abc.PGresult]]:
         """The ``count`` statements' results, up to the sync. A Parse that failed (or was
         skipped after an error) prepared nothing, unless the name was there already."""
         results: list[pq.abc.PGresult] = []
@@ -245,7 +248,7 @@ class ClaimTransaction:
         command = 0
         while True:
             while pgconn.is_busy():
-                _wait(pgconn, write=False)
+                yield False
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:
@@ -268,6 +271,69 @@ class ClaimTransaction:
         if len(results) != count:
             raise psycopg.InterfaceError(f"expected {count} results, got {len(results)}")
         return results
+
+
+class ClaimTransaction(_Claims):
+    """The claim transactions of one blocking connection (one at a time)."""
+
+    conn: psycopg.Connection[Any]
+
+    def __init__(self, conn: psycopg.Connection[Any], *, prepare: bool) -> None:
+        super().__init__(conn, prepare=prepare)
+
+    def begin(
+        self, statements: Sequence[Statement], *, later: Sequence[Statement] = ()
+    ) -> list[pq.abc.PGresult]:
+        """BEGIN, then ``statements``, in one round trip; their results. ``later``: statements
+        of the transaction's later round trips, prepared here if they are not yet. On an error
+        the transaction is rolled back and the error raised (as psycopg would raise it); tried
+        again first when a prepared statement was missing, or there after all."""
+        return _drive(self.conn.pgconn, self._begin(statements, later))
+
+    def run(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+        """``statements`` in one round trip, inside the open transaction; their results."""
+        return _drive(self.conn.pgconn, self._run(statements))
+
+    def commit(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+        """``statements``, then COMMIT, in one round trip; their results.
+
+        When a statement fails the error is raised and the transaction stays open
+        (aborted: end it with :meth:`rollback`); :class:`StatementDropped` when it was a
+        prepared one that vanished. When the COMMIT itself fails, the server has rolled
+        everything back: the transaction is over and its error raised.
+        """
+        return _drive(self.conn.pgconn, self._commit(statements))
+
+    def rollback(self) -> None:
+        """Roll the transaction back (if the server still has it open) and end it."""
+        _drive(self.conn.pgconn, self._rollback())
+
+
+class AsyncClaimTransaction(_Claims):
+    """:class:`ClaimTransaction` on an AsyncConnection: the same calls, awaited."""
+
+    conn: psycopg.AsyncConnection[Any]
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], *, prepare: bool) -> None:
+        super().__init__(conn, prepare=prepare)
+
+    async def begin(
+        self, statements: Sequence[Statement], *, later: Sequence[Statement] = ()
+    ) -> list[pq.abc.PGresult]:
+        """See :meth:`ClaimTransaction.begin`."""
+        return await _drive_async(self.conn.pgconn, self._begin(statements, later))
+
+    async def run(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+        """See :meth:`ClaimTransaction.run`."""
+        return await _drive_async(self.conn.pgconn, self._run(statements))
+
+    async def commit(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+        """See :meth:`ClaimTransaction.commit`."""
+        return await _drive_async(self.conn.pgconn, self._commit(statements))
+
+    async def rollback(self) -> None:
+        """See :meth:`ClaimTransaction.rollback`."""
+        await _drive_async(self.conn.pgconn, self._rollback())
 
 
 class Traffic:
@@ -340,7 +406,43 @@ def statement_name(prefix: bytes, sql: bytes) -> bytes:
     return prefix + hashlib.blake2b(sql, digest_size=8).hexdigest().encode()
 
 
-def _wait(pgconn: pq.abc.PGconn, *, write: bool) -> None:
-    """Wait for the socket (the GIL released meanwhile)."""
-    sock = pgconn.socket
-    select.select([] if write else [sock], [sock] if write else [], [])
+def _drive(pgconn: pq.abc.PGconn, steps: _Steps[T]) -> T:
+    """Run ``steps`` to its end, blocking on the socket while it waits (the GIL released)."""
+    try:
+        write = next(steps)
+        while True:
+            sock = pgconn.socket
+            try:
+                select.select([] if write else [sock], [sock] if write else [], [])
+            except BaseException as exc:  # an interrupt: the steps clean up, then raise it
+                write = steps.throw(exc)
+            else:
+                write = next(steps)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _drive_async(pgconn: pq.abc.PGconn, steps: _Steps[T]) -> T:
+    """Run ``steps`` to its end, awaiting the socket on the running event loop."""
+    loop = asyncio.get_running_loop()
+    try:
+        write = next(steps)
+        while True:
+            ready = loop.create_future()
+            fd = pgconn.socket
+            (loop.add_writer if write else loop.add_reader)(fd, _set_ready, ready)
+            try:
+                await ready
+            except BaseException as exc:  # cancelled: the steps clean up, then raise it
+                (loop.remove_writer if write else loop.remove_reader)(fd)
+                write = steps.throw(exc)
+            else:
+                (loop.remove_writer if write else loop.remove_reader)(fd)
+                write = next(steps)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def _set_ready(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)

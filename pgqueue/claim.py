@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeGuard, TypeVar
@@ -35,7 +35,7 @@ from .timeouts import server_limit_ms
 if TYPE_CHECKING:
     from .metrics import WorkerInstruments
 
-__all__ = ["ClaimRunner", "Handler"]
+__all__ = ["COMPLETE_ONE", "ClaimRunner", "Handler"]
 
 # The worker's own logger: these are its log lines, under the name they always had.
 logger = logging.getLogger("pgqueue.worker")
@@ -48,7 +48,7 @@ _MAX_ERROR_LENGTH: Final = 16_000
 
 # The completion of one plain job (the usual outcome), prepared in the claim's first round
 # trip: sent unnamed, it was parsed and planned afresh for each job (0.14 ms of server CPU).
-_COMPLETE_ONE: Final = Statement(
+COMPLETE_ONE: Final = Statement(
     q.COMPLETE_ONE_WIRE, (), statement_name(b"pgqueue_complete_", q.COMPLETE_ONE_WIRE)
 )
 
@@ -123,7 +123,7 @@ class ClaimRunner:
             claim = self._claim
             xid_step = [Statement(q.CURRENT_XACT_ID_WIRE)] if self.batch_size > 1 else []
             results = tx.begin(
-                [claim, *xid_step, Statement(q.SAVEPOINT_WIRE)], later=[_COMPLETE_ONE]
+                [claim, *xid_step, Statement(q.SAVEPOINT_WIRE)], later=[COMPLETE_ONE]
             )
             rows = tx.rows(results[0])
             jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
@@ -207,9 +207,7 @@ class ClaimRunner:
             # Released first: an UPDATE in the savepoint of a row that the transaction itself
             # locked makes Postgres record both lockers in a MultiXact, one per job, which no
             # index scan can mark dead (every later claim walks them until a vacuum).
-            results = tx.commit(
-                [Statement(q.RELEASE_SAVEPOINT_WIRE), *self._outcomes(done, failed)]
-            )
+            results = tx.commit([Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes(done, failed)])
             fails = results[len(results) - len(failed) :] if failed else []
             finished = ids
         except _Abandoned:
@@ -223,13 +221,7 @@ class ClaimRunner:
                 tx.rollback()
                 if dropped:
                     # Not the jobs' fault: they run again, their attempts not counted.
-                    logger.warning(
-                        "jobs %s run again: a handler dropped pgqueue's prepared statements in"
-                        " their transaction (psycopg does after a ROLLBACK, DROP or ALTER sent"
-                        " through a connection with statements it prepared); this connection"
-                        " completes jobs unprepared from now on",
-                        ", ".join(str(job.id) for job in jobs),
-                    )
+                    log_dropped(jobs)
                     return True
             elif jobs and not leased and commit_failed(exc):
                 # The commit itself failed (a deferred constraint, say): the
@@ -247,35 +239,6 @@ class ClaimRunner:
             rows = tx.rows(fail)
             self._log_failure(job, error, rows[0] if rows else None)
         return True
-
-    @staticmethod
-    def _outcomes(
-        done: list[tuple[JobRecord, str | None]], failed: list[tuple[JobRecord, str]]
-    ) -> list[Statement]:
-        """The statements that record a claim's outcomes: completions, then one per failure."""
-        now = datetime.now(UTC)
-        plain = [(job, result) for job, result in done if is_plain(job)]
-        others = [(job, result) for job, result in done if not is_plain(job)]
-        statements = []
-        if len(plain) == 1:
-            ((job, result),) = plain
-            statements.append(_COMPLETE_ONE._replace(params=(job.id, result)))
-        elif plain:
-            statements.append(
-                Statement(
-                    q.COMPLETE_PLAIN_WIRE,
-                    ([job.id for job, _ in plain], [result for _, result in plain]),
-                )
-            )
-        if others:
-            ids = [job.id for job, _ in others]
-            results = [result for _, result in others]
-            next_at = [next_run(job, now) for job, _ in others]
-            statements.append(Statement(q.COMPLETE_MANY_WIRE, (ids, results, next_at)))
-        statements += [
-            Statement(q.FAIL_WIRE, (job.id, error, next_run(job, now))) for job, error in failed
-        ]
-        return statements
 
     def _finish_apart(
         self,
@@ -392,6 +355,46 @@ def is_plain(job: JobRecord) -> bool:
     q.COMPLETE_PLAIN_WIRE): it neither
     recurs (the built-in recurring job) nor repeats on a schedule of its own."""
     return job.schedule is None and job.name != RECURRING_JOB_NAME
+
+
+def outcomes(
+    done: list[tuple[JobRecord, str | None]], failed: list[tuple[JobRecord, str]]
+) -> list[Statement]:
+    """The statements that record a claim's outcomes: completions, then one per failure."""
+    now = datetime.now(UTC)
+    plain = [(job, result) for job, result in done if is_plain(job)]
+    others = [(job, result) for job, result in done if not is_plain(job)]
+    statements = []
+    if len(plain) == 1:
+        ((job, result),) = plain
+        statements.append(COMPLETE_ONE._replace(params=(job.id, result)))
+    elif plain:
+        statements.append(
+            Statement(
+                q.COMPLETE_PLAIN_WIRE,
+                ([job.id for job, _ in plain], [result for _, result in plain]),
+            )
+        )
+    if others:
+        ids = [job.id for job, _ in others]
+        results = [result for _, result in others]
+        next_at = [next_run(job, now) for job, _ in others]
+        statements.append(Statement(q.COMPLETE_MANY_WIRE, (ids, results, next_at)))
+    statements += [
+        Statement(q.FAIL_WIRE, (job.id, error, next_run(job, now))) for job, error in failed
+    ]
+    return statements
+
+
+def log_dropped(jobs: Sequence[JobRecord]) -> None:
+    """Log that ``jobs`` run again: their claim's transaction was lost to StatementDropped."""
+    logger.warning(
+        "jobs %s run again: a handler dropped pgqueue's prepared statements in"
+        " their transaction (psycopg does after a ROLLBACK, DROP or ALTER sent"
+        " through a connection with statements it prepared); this connection"
+        " completes jobs unprepared from now on",
+        ", ".join(str(job.id) for job in jobs),
+    )
 
 
 def gives_up_itself(exc: BaseException) -> bool:

@@ -188,10 +188,11 @@ class Supervisor:
         self._unread = 0
         # The statements prepared on the side connection (by the name they are prepared as).
         self._prepared: set[bytes] = set()
-        # Claims whose start records wait for the side connection (see _record_starts).
+        # Claims whose start records wait for the side connection (see _record_starts), and
+        # attempts finished since the last start record sent: (job id, claim token). Not under
+        # the side lock, which a slot holds while it waits for the side connection's replies.
         self._queue_lock = threading.Lock()
         self._queued: list[_Starts] = []
-        # Attempts finished since the last start record sent: (job id, claim token).
         self._done: list[tuple[int, int]] = []
         # The watches, the leases and the thread.
         self._cond = threading.Condition()
@@ -288,7 +289,8 @@ class Supervisor:
     def _start_params(self, batch: Sequence[_Starts]) -> list[bytes | None]:
         """q.START_JOBS's parameters (side lock held); takes the finished attempts along."""
         now = datetime.now(UTC)
-        done, self._done = self._done, []
+        with self._queue_lock:
+            done, self._done = self._done, []
         rows = [(job, starts) for starts in batch for job in starts.jobs]
         return [
             _array(job.id for job, _ in rows),
@@ -306,7 +308,7 @@ class Supervisor:
         """The claim's transaction is over (or its lease attempt recorded): it runs no more.
         ``finished``: its jobs whose outcome was recorded (their start records can go)."""
         if finished:
-            with self._side_lock:
+            with self._queue_lock:
                 self._done.extend((job_id, token) for job_id in finished)
         process = _process
         with process.cond:

@@ -1,11 +1,13 @@
 """The asyncio worker: ``async def`` handlers, ``parallel_count`` at once as tasks on one event loop.
 
-Each slot (a task) holds one AsyncConnection and runs, per job, in one async transaction:
-``BEGIN``, ``pgqueue.dequeue`` (one job, its row locked until the end), ``SAVEPOINT``; the start
-record (pgqueue.supervisor, sent from a thread); ``await handler(conn, job)``; then
-``RELEASE SAVEPOINT``, ``pgqueue.complete`` and ``COMMIT``, or ``ROLLBACK TO SAVEPOINT`` +
+Each slot (a task) holds one AsyncConnection and runs, per job, the blocking worker's claim
+(pgqueue.claim) in two round trips through libpq (pgqueue._wire's AsyncClaimTransaction, awaited
+on the event loop): ``BEGIN``, the claim (one job, its row locked until the end) and ``SAVEPOINT``;
+the start record (pgqueue.supervisor, sent from a thread); ``await handler(conn, job)``; then
+``RELEASE SAVEPOINT``, the completion and ``COMMIT``, or ``ROLLBACK TO SAVEPOINT``,
 ``RELEASE SAVEPOINT``, ``pgqueue.fail`` and ``COMMIT`` (the outcome outside the savepoint: no
-MultiXact per job, see pgqueue.claim).
+MultiXact per job). A crash to settle, an expired lease or a limited queue sends the claim through
+``pgqueue.dequeue`` instead, as there.
 The statements, what a handler's exception or a transaction left open means, the log lines and
 the counts are the blocking worker's own (pgqueue._queries, pgqueue.claim, pgqueue._options).
 """
@@ -32,13 +34,17 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .. import _queries as q
 from .._db import connect
 from .._options import WorkerOptions
+from .._wire import AsyncClaimTransaction, Statement, StatementDropped, statement_name
 from ..builtins import BUILTIN_NAMES, builtin_steps, next_run
 from ..claim import (
+    COMPLETE_ONE,
     commit_failed,
     gives_up_itself,
     handler_error,
     log_done,
+    log_dropped,
     log_failure,
+    outcomes,
     transaction_error,
     user_handler,
 )
@@ -181,6 +187,9 @@ class AsyncJobQueueWorker:
         self.prepare = prepare
         self._options = options
         self._handler = handler
+        claim, params = q.claim_statement(1, self.queues, options.names)
+        # Named for its text: workers of other queues may share a pool's connections.
+        self._claim_sql = Statement(claim, params, statement_name(b"pgqueue_claim_", claim))
         self._waker = _Waker(parallel_count)
         self._stopping = asyncio.Event()
         self._draining = False
@@ -333,10 +342,11 @@ class AsyncJobQueueWorker:
                 async with self._pool.connection() as conn:
                     autocommit = conn.autocommit
                     await conn.set_autocommit(True)
+                    tx = AsyncClaimTransaction(conn, prepare=self.prepare)
                     try:
                         delay = 0.1
                         while not self._stopping.is_set():
-                            if await self._claim(conn):
+                            if await self._claim(conn, tx):
                                 self._waker.nudge()
                             elif self._draining:
                                 return
@@ -387,10 +397,9 @@ class AsyncJobQueueWorker:
 
     # -- one claim --------------------------------------------------------
 
-    async def _claim(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+    async def _claim(self, conn: psycopg.AsyncConnection[Any], tx: AsyncClaimTransaction) -> bool:
         """Claim one job in a transaction, run its handler and record the outcome; False when
-        none was due."""
-        tx = psycopg.AsyncTransaction(conn)
+        none was due. The blocking worker's round trips (pgqueue.claim), awaited."""
         token = new_token()
         job: JobRecord | None = None
         recorded = False
@@ -398,47 +407,69 @@ class AsyncJobQueueWorker:
         error: str | None = None
         fail: tuple[Any, ...] | None = None
         try:
-            await tx.__aenter__()
-            row = await (
-                await conn.execute(q.DEQUEUE, (1, self.queues, self._options.names))
-            ).fetchone()
-            if row is None:
-                await tx.__aexit__(None, None, None)
+            results = await tx.begin(
+                [self._claim_sql, Statement(q.SAVEPOINT_WIRE)], later=[COMPLETE_ONE]
+            )
+            rows = tx.rows(results[0])
+            jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
+            if rows[0][0]:
+                # A crash to settle, a lease expired or a limited queue: pgqueue.dequeue
+                # claims instead, before the job's savepoint (see q.claim_statement).
+                dequeue = Statement(q.DEQUEUE_WIRE, (1, self.queues, self._options.names))
+                results = await tx.run(
+                    [Statement(q.RELEASE_SAVEPOINT_WIRE), dequeue, Statement(q.SAVEPOINT_WIRE)]
+                )
+                jobs = [JobRecord.from_row(row) for row in tx.rows(results[1])]
+            if not jobs:
+                await tx.commit([])
                 return False
-            job = JobRecord.from_row(row)
-            await conn.execute(q.SAVEPOINT)
+            (job,) = jobs
             # Before the handler runs: if it kills the process, the next dequeue counts the crash.
             await self._in_thread(self._supervisor.start_claim, [job], token)
             recorded = True
             error, result = await self._attempt(conn, job)
             # The outcome is written outside the savepoint (see ClaimRunner._process_batch).
             if error is None:
-                await conn.execute(q.RELEASE_SAVEPOINT)
-                await conn.execute(q.COMPLETE, (job.id, result, next_run(job, datetime.now(UTC))))
+                await tx.commit(
+                    [Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes([(job, result)], [])]
+                )
             elif conn.info.transaction_status != TransactionStatus.IDLE:
-                await conn.execute(q.ROLLBACK_AND_RELEASE_SAVEPOINT)
-                fail = await self._fail(conn, job, error)
-            await tx.__aexit__(None, None, None)
-            if error is not None and fail is None:
+                results = await tx.commit(
+                    [
+                        Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE),
+                        Statement(q.RELEASE_SAVEPOINT_WIRE),
+                        *outcomes([], [(job, error)]),
+                    ]
+                )
+                answer = tx.rows(results[-1])
+                fail = answer[0] if answer else None
+            else:
                 # The handler ended the transaction itself: record the failure on its own.
+                tx.release()
                 fail = await self._fail(conn, job, error)
             finished = [job.id]
         except BaseException as exc:
-            if tx.status != tx.Status.ACTIVE and job is not None and commit_failed(exc):
+            if tx.open:
+                dropped = isinstance(exc, StatementDropped)
+                if recorded and job is not None and (dropped or gives_up_itself(exc)):
+                    await self._in_thread(self._supervisor.forget_starts, [job.id], token)
+                await tx.rollback()
+                if dropped and job is not None:
+                    log_dropped([job])  # not the job's fault: it runs again, not counted
+                    return True
+                raise
+            if job is not None and recorded and commit_failed(exc):
                 # The commit itself failed (a deferred constraint, say): the server rolled
                 # everything back; count the attempt on its own.
                 error = handler_error(exc, None, 0.0)
                 fail = await self._fail(conn, job, error)
                 finished = [job.id]
             else:
-                if tx.status == tx.Status.ACTIVE:
-                    if recorded and job is not None and gives_up_itself(exc):
-                        await self._in_thread(self._supervisor.forget_starts, [job.id], token)
-                    await tx.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         finally:
             if recorded:
-                await self._in_thread(self._supervisor.end_claim, token, finished=finished)
+                # Not off the event loop: it takes two locks that nobody holds for long.
+                self._supervisor.end_claim(token, finished=finished)
         assert job is not None
         if error is None:
             log_done(self.stats, job)
