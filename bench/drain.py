@@ -1,4 +1,4 @@
-"""Scenario 2, drain: a queued backlog worked off by 1, 4, 16 threads, by 2 processes, and in batch mode.
+"""Scenario 2, drain: a queued backlog worked off by 1, 4, 16 threads, 2 processes, asyncio, batch mode.
 
 The batch mode is the lead's opt-in ``JobQueueWorker(batch_size=...)``; it is
 detected with inspect.signature and skipped with a note while it does not exist.
@@ -6,6 +6,7 @@ detected with inspect.signature and skipped with a note while it does not exist.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 
 import pgqueue
+from pgqueue import aio
 
 from .loading import bulk_enqueue, noop, pending_count, vacuum_analyze
 from .plan import Plan
@@ -45,6 +47,26 @@ def drain_threads(dsn: str, threads: int, *, batch_size: int = 0) -> tuple[float
     if left:
         raise RuntimeError(f"work_off() returned with {left} jobs still pending")
     return stats.completed / elapsed, stats.completed
+
+
+def drain_asyncio(dsn: str, slots: int) -> tuple[float, int]:
+    """Time pgqueue.aio's ``work_off()`` with ``slots`` tasks; (jobs/s, jobs done)."""
+
+    async def handler(conn: Any, job: Any) -> None:
+        return None
+
+    async def work_off() -> tuple[float, int]:
+        worker = aio.AsyncJobQueueWorker(dsn, handler=handler, parallel_count=slots)
+        start = time.perf_counter()
+        stats = await worker.work_off()
+        return stats.completed / (time.perf_counter() - start), stats.completed
+
+    rate, done = asyncio.run(work_off())
+    with psycopg.connect(dsn) as conn:
+        left = pending_count(conn)
+    if left:
+        raise RuntimeError(f"work_off() returned with {left} jobs still pending")
+    return rate, done
 
 
 def drain_processes(
@@ -101,6 +123,8 @@ def run(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
         "processes": plan.drain_processes,
         "batch_size": 0,
     }
+    for n in plan.drain_asyncio:
+        cases[f"asyncio_{n}"] = {"threads": n, "processes": 1, "batch_size": 0, "asyncio": True}
     batch = has_batch_mode()
     if batch:
         for n in plan.batch_threads:
@@ -111,7 +135,9 @@ def run(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
             with server.database(f"drain_{key}") as dsn:
                 bulk_enqueue(dsn, plan.drain_jobs)
                 vacuum_analyze(dsn)
-                if case["processes"] == 1:
+                if case.get("asyncio"):
+                    rate, done = drain_asyncio(dsn, case["threads"])
+                elif case["processes"] == 1:
                     rate, done = drain_threads(dsn, case["threads"], batch_size=case["batch_size"])
                 else:
                     rate, done = drain_processes(

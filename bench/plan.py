@@ -18,6 +18,8 @@ class Plan:
     # 2. drain
     drain_jobs: int
     drain_threads: tuple[int, ...] = (1, 4, 16)
+    #: Slots of pgqueue.aio's AsyncJobQueueWorker (the asyncio peers' shape).
+    drain_asyncio: tuple[int, ...] = (4,)
     drain_processes: int = 2
     threads_per_process: int = 2
     #: Batch size for the lead's batch mode, when JobQueueWorker has ``batch_size``.

@@ -83,11 +83,12 @@ def _drain(s: dict[str, Any]) -> str:
         ref = (ceiling.get(table) or {}).get(str(slots), {}).get("jobs_per_s")
         kind = "batch" if value.get("batch_size") else "threads"
         floor_ref = (floor.get(f"{kind}_{slots}") or {}).get("median")
-        shape = (
-            f"{value['processes']} processes x {value['threads']} threads"
-            if value["processes"] > 1
-            else f"{value['threads']} thread(s)"
-        )
+        if value.get("asyncio"):
+            shape = f"asyncio, {value['threads']} slot(s)"
+        elif value["processes"] > 1:
+            shape = f"{value['processes']} processes x {value['threads']} threads"
+        else:
+            shape = f"{value['threads']} thread(s)"
         if value.get("batch_size"):
             shape += f", batch_size={value['batch_size']}"
         rows.append(
