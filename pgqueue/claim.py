@@ -35,7 +35,7 @@ from .timeouts import server_limit_ms
 if TYPE_CHECKING:
     from .metrics import WorkerInstruments
 
-__all__ = ["COMPLETE_ONE", "ClaimRunner", "Handler"]
+__all__ = ["ClaimRunner", "Handler"]
 
 # The worker's own logger: these are its log lines, under the name they always had.
 logger = logging.getLogger("pgqueue.worker")
