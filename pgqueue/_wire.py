@@ -49,6 +49,7 @@ __all__ = [
     "Traffic",
     "send_statement",
     "statement_name",
+    "wait_socket",
 ]
 
 
@@ -424,23 +425,30 @@ def _drive(pgconn: pq.abc.PGconn, steps: _Steps[T]) -> T:
 
 async def _drive_async(pgconn: pq.abc.PGconn, steps: _Steps[T]) -> T:
     """Run ``steps`` to its end, awaiting the socket on the running event loop."""
-    loop = asyncio.get_running_loop()
     try:
         write = next(steps)
         while True:
-            ready = loop.create_future()
-            fd = pgconn.socket
-            (loop.add_writer if write else loop.add_reader)(fd, _set_ready, ready)
             try:
-                await ready
+                await wait_socket(pgconn, write=write)
             except BaseException as exc:  # cancelled: the steps clean up, then raise it
-                (loop.remove_writer if write else loop.remove_reader)(fd)
                 write = steps.throw(exc)
             else:
-                (loop.remove_writer if write else loop.remove_reader)(fd)
                 write = next(steps)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+
+
+async def wait_socket(pgconn: pq.abc.PGconn, *, write: bool) -> None:
+    """Wait on the running event loop until ``pgconn``'s socket takes more bytes (``write``)
+    or has some to read."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = pgconn.socket
+    (loop.add_writer if write else loop.add_reader)(fd, _set_ready, ready)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
 
 
 def _set_ready(ready: asyncio.Future[None]) -> None:

@@ -90,14 +90,22 @@ def new_token() -> int:
 
 
 @dataclass(eq=False)
-class _Starts:
-    """The start records of one claim (its jobs, but pgqueue's own), to send."""
+class Starts:
+    """The start records of one claim (its jobs, but pgqueue's own), to send (see
+    :func:`to_record`)."""
 
     jobs: Sequence[JobRecord]
     token: int
     #: Sent (or failed to be: then ``error``), by this claim's slot or another's.
     sent: bool = False
     error: BaseException | None = None
+
+
+def to_record(jobs: Sequence[JobRecord], token: int) -> Starts | None:
+    """The start records of a claim of ``jobs``; None when there is none to send:
+    pgqueue.recurring resets its attempts, its own jobs never crash anyway."""
+    marked = [job for job in jobs if job.name not in BUILTIN_NAMES]
+    return Starts(marked, token) if marked else None
 
 
 @dataclass
@@ -192,7 +200,7 @@ class Supervisor:
         # attempts finished since the last start record sent: (job id, claim token). Not under
         # the side lock, which a slot holds while it waits for the side connection's replies.
         self._queue_lock = threading.Lock()
-        self._queued: list[_Starts] = []
+        self._queued: list[Starts] = []
         self._done: list[tuple[int, int]] = []
         # The watches, the leases and the thread.
         self._cond = threading.Condition()
@@ -225,8 +233,8 @@ class Supervisor:
             thread.join()
         with self._side_lock:
             with contextlib.suppress(psycopg.Error, ConnectError, OSError):
-                if self._done:
-                    self._send(q.START_JOBS, self._start_params([]))
+                if self.has_finished():
+                    self._send(q.START_JOBS, self.start_params([]))
                 if self._side is not None and not self._side.closed:
                     self._drain(self._side)
             self._close_side()
@@ -252,17 +260,30 @@ class Supervisor:
                 while any(not claim.leased for claim in process.claims.values()):
                     process.cond.wait()
             process.claims[token] = _Claim([job.id for job in jobs], leased)
-        # pgqueue.recurring resets its attempts: its own jobs never crash anyway.
-        marked = [job for job in jobs if job.name not in BUILTIN_NAMES]
-        if not marked:
+        starts = to_record(jobs, token)
+        if starts is None:
             return
         try:
-            self._record_starts(_Starts(marked, token))
+            self._record_starts(starts)
         except BaseException:
             self.end_claim(token)
             raise
 
-    def _record_starts(self, starts: _Starts) -> None:
+    def register_now(self, job: JobRecord, token: int) -> bool:
+        """Register a claim of ``job`` as :meth:`start_claim` does, if that needs no wait: no
+        quarantine in the process, and a job that has not crashed before. False otherwise
+        (nothing registered: call start_claim). The caller then records the start itself (the
+        asyncio worker, on a connection of its own) and pairs this with :meth:`end_claim`."""
+        if job.crashes > 0:
+            return False
+        process = _process
+        with process.cond:
+            if process.exclusive is not None:
+                return False
+            process.claims[token] = _Claim([job.id], leased=False)
+        return True
+
+    def _record_starts(self, starts: Starts) -> None:
         """Send ``starts``, along with those of the other slots' claims queued meanwhile: while
         one slot waits for the side connection, the others' starts gather, and the next
         sender sends them all in one statement. Returns once they are sent."""
@@ -273,7 +294,7 @@ class Supervisor:
                 with self._queue_lock:
                     batch, self._queued = self._queued, []
                 try:
-                    self._send(q.START_JOBS, self._start_params(batch))
+                    self._send(q.START_JOBS, self.start_params(batch))
                 except BaseException as exc:
                     for other in batch:
                         other.error = exc
@@ -283,11 +304,17 @@ class Supervisor:
                         other.sent = True
             elif starts.error is not None:
                 raise psycopg.OperationalError(
-                    f"could not record job starts: {_first_line(starts.error)}"
+                    f"could not record job starts: {first_line(starts.error)}"
                 ) from starts.error
 
-    def _start_params(self, batch: Sequence[_Starts]) -> list[bytes | None]:
-        """q.START_JOBS's parameters (side lock held); takes the finished attempts along."""
+    def has_finished(self) -> bool:
+        """Whether finished attempts wait for their start records to go (with the next send)."""
+        with self._queue_lock:
+            return bool(self._done)
+
+    def start_params(self, batch: Sequence[Starts]) -> list[bytes | None]:
+        """q.START_JOBS's parameters for ``batch``; takes the finished attempts along (they are
+        the caller's to send now: once per call)."""
         now = datetime.now(UTC)
         with self._queue_lock:
             done, self._done = self._done, []
@@ -327,7 +354,7 @@ class Supervisor:
             logger.warning(
                 "could not forget the start records of job(s) %s (%s): they will count as a crash",
                 ", ".join(map(str, ids)),
-                _first_line(exc),
+                first_line(exc),
             )
 
     def _call(self, query: bytes, params: Sequence[bytes | None]) -> None:
@@ -349,13 +376,9 @@ class Supervisor:
                     self._side = self._connect()
                     self._side.pgconn.enter_pipeline_mode()
                 pgconn = self._side.pgconn
-                pgconn.consume_input()
+                check_side(pgconn)
                 self._drain(self._side)
-                if query == q.START_JOBS:
-                    # In the same transaction, and no reply is flushed before the sync.
-                    self._send_one(pgconn, q.START_SETTINGS, None)
-                self._send_one(pgconn, query, params)
-                pgconn.pipeline_sync()
+                send_side(pgconn, query, params, self._prepared if self._prepare else None)
                 while pgconn.flush():
                     _wait(pgconn, write=True)
                 self._unread += 1
@@ -364,32 +387,14 @@ class Supervisor:
                 self._close_side()
                 if retry:
                     raise psycopg.OperationalError(
-                        f"could not record job starts: {_first_line(exc)}"
+                        f"could not record job starts: {first_line(exc)}"
                     ) from exc
-
-    def _send_one(
-        self, pgconn: pq.abc.PGconn, query: bytes, params: Sequence[bytes | None] | None
-    ) -> None:
-        name = _PREPARED.get(query) if self._prepare else None
-        send_statement(pgconn, query, params, name, self._prepared)
-
-    def _read(self, pgconn: pq.abc.PGconn) -> None:
-        """Process the replies that have arrived (side lock held); log the statements that failed."""
-        while self._unread and not pgconn.is_busy():
-            result = pgconn.get_result()
-            if result is None:
-                continue  # the end of one statement's results
-            if result.status == pq.ExecStatus.PIPELINE_SYNC:
-                self._unread -= 1
-            elif result.status == pq.ExecStatus.FATAL_ERROR:
-                message = (result.error_message or b"").decode(errors="replace").strip()
-                logger.warning("recording job starts failed: %s", message)
 
     def _drain(self, conn: psycopg.Connection[Any]) -> None:
         """Wait for the replies of every statement sent (side lock held)."""
         pgconn = conn.pgconn
         while self._unread:
-            self._read(pgconn)
+            self._unread = read_side(pgconn, self._unread)
             if self._unread:
                 _wait(pgconn, write=False)
                 pgconn.consume_input()
@@ -467,7 +472,7 @@ class Supervisor:
                 job.id,
                 job.name,
                 watch.timeout,
-                _first_line(exc),
+                first_line(exc),
                 extra=extra,
             )
         else:
@@ -518,7 +523,7 @@ class Supervisor:
         except (psycopg.Error, ConnectError) as exc:
             _close(self._beat_conn)
             self._beat_conn = None
-            logger.warning("could not extend the leases of job(s) %s: %s", ids, _first_line(exc))
+            logger.warning("could not extend the leases of job(s) %s: %s", ids, first_line(exc))
             return
         for job_id in set(ids) - kept:
             with self._cond:
@@ -563,6 +568,48 @@ class Supervisor:
                 self._beat(beat)
 
 
+def send_side(
+    pgconn: pq.abc.PGconn,
+    query: bytes,
+    params: Sequence[bytes | None],
+    prepared: set[bytes] | None,
+) -> None:
+    """Queue ``query`` and a sync on a side connection in pipeline mode (its own transaction);
+    after START_SETTINGS when it records starts. The statements sent with every claim are
+    prepared once per connection, unless ``prepared`` (the names prepared there) is None."""
+    statements = [(q.START_SETTINGS, None), (query, params)] if query == q.START_JOBS else []
+    for sql, values in statements or [(query, params)]:
+        name = _PREPARED.get(sql) if prepared is not None else None
+        send_statement(pgconn, sql, values, name, set() if prepared is None else prepared)
+    pgconn.pipeline_sync()  # no reply is flushed before it
+
+
+def check_side(pgconn: pq.abc.PGconn) -> None:
+    """Read what has arrived on a side connection; raise OperationalError when the server has
+    closed it. A backend the server ends (pg_terminate_backend, an idle timeout) sends a FATAL
+    error, which libpq takes for a notice when no statement is running, then closes the socket:
+    a statement written after that would seem sent. (A backend ended after this check may still
+    lose the next one.)"""
+    pgconn.consume_input()
+    while select.select([pgconn.socket], [], [], 0)[0]:
+        pgconn.consume_input()  # at the end of the stream: OperationalError
+
+
+def read_side(pgconn: pq.abc.PGconn, unread: int) -> int:
+    """Process the replies that have arrived on a side connection, of the ``unread`` statements
+    sent (syncs not read yet); log the statements that failed. How many are still unread."""
+    while unread and not pgconn.is_busy():
+        result = pgconn.get_result()
+        if result is None:
+            continue  # the end of one statement's results
+        if result.status == pq.ExecStatus.PIPELINE_SYNC:
+            unread -= 1
+        elif result.status == pq.ExecStatus.FATAL_ERROR:
+            message = (result.error_message or b"").decode(errors="replace").strip()
+            logger.warning("recording job starts failed: %s", message)
+    return unread
+
+
 def _array(values: Any) -> bytes:
     """A Postgres array literal in text format, as a parameter: integers or NULL-able text."""
     items = []
@@ -596,6 +643,7 @@ def _close(conn: psycopg.Connection[Any] | None) -> None:
             conn.close()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (its type's name if it has none), for a log line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

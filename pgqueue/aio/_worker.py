@@ -3,7 +3,7 @@
 Each slot (a task) holds one AsyncConnection and runs, per job, the blocking worker's claim
 (pgqueue.claim) in two round trips through libpq (pgqueue._wire's AsyncClaimTransaction, awaited
 on the event loop): ``BEGIN``, the claim (one job, its row locked until the end) and ``SAVEPOINT``;
-the start record (pgqueue.supervisor, sent from a thread); ``await handler(conn, job)``; then
+the start record (pgqueue.aio._starts, sent from the event loop); ``await handler(conn, job)``; then
 ``RELEASE SAVEPOINT``, the completion and ``COMMIT``, or ``ROLLBACK TO SAVEPOINT``,
 ``RELEASE SAVEPOINT``, ``pgqueue.fail`` and ``COMMIT`` (the outcome outside the savepoint: no
 MultiXact per job). A crash to settle, an expired lease or a limited queue sends the claim through
@@ -54,6 +54,7 @@ from ..records import JobRecord, WorkerStats
 from ..supervisor import Supervisor, new_token
 from ..timeouts import check_timeout, server_limit_ms
 from . import _api
+from ._starts import AsyncStarts
 
 __all__ = ["AsyncHandler", "AsyncJobQueueWorker"]
 
@@ -196,6 +197,7 @@ class AsyncJobQueueWorker:
         self._listener: asyncio.Task[None] | None = None
         self._slots: list[asyncio.Task[None]] = []
         self._executor: ThreadPoolExecutor | None = None
+        self._starts: AsyncStarts | None = None
         self._supervisor = Supervisor(
             self._connect,
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
@@ -281,6 +283,7 @@ class AsyncJobQueueWorker:
         await asyncio.to_thread(check)
         self._stopping.clear()
         self._executor = ThreadPoolExecutor(self.parallel_count + 1, "pgqueue-aio-supervisor")
+        self._starts = AsyncStarts(self._supervisor, self._aconnect, prepare=self.prepare)
         if self._owns_pool:
             self._pool = AsyncConnectionPool(
                 self._conninfo,
@@ -293,6 +296,9 @@ class AsyncJobQueueWorker:
             await self._pool.open()
 
     async def _close(self) -> None:
+        if self._starts is not None:
+            await self._starts.close()
+            self._starts = None
         await self._in_thread(self._supervisor.stop)
         assert self._executor is not None
         self._executor.shutdown()
@@ -425,7 +431,12 @@ class AsyncJobQueueWorker:
                 return False
             (job,) = jobs
             # Before the handler runs: if it kills the process, the next dequeue counts the crash.
-            await self._in_thread(self._supervisor.start_claim, [job], token)
+            assert self._starts is not None
+            await self._starts.start_claim(
+                job,
+                token,
+                functools.partial(self._in_thread, self._supervisor.start_claim, [job], token),
+            )
             recorded = True
             error, result = await self._attempt(conn, job)
             # The outcome is written outside the savepoint (see ClaimRunner._process_batch).

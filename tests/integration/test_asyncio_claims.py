@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from worker_helpers import create_results_table, result_ids, scalar, status
+from worker_helpers import create_results_table, result_ids, scalar, status, wait_until
 
 import pgqueue
 from pgqueue import _wire, aio
@@ -169,8 +169,11 @@ def test_a_cancelled_claim_leaves_the_job_to_run_again(dsn, conn):
     started = asyncio.Event()
 
     async def handler(aconn: psycopg.AsyncConnection[Any], job: pgqueue.JobRecord) -> None:
+        await aconn.execute("SELECT 1")
         started.set()
-        await aconn.execute("SELECT pg_sleep(30)")
+        # In asyncio, not in the server: a cancel request can reach a backend before the query
+        # it means to cancel has started, and be lost (the query then runs its course).
+        await asyncio.sleep(30)
 
     async def main() -> None:
         worker = aio.AsyncJobQueueWorker(dsn, handler=handler)
@@ -181,8 +184,20 @@ def test_a_cancelled_claim_leaves_the_job_to_run_again(dsn, conn):
             await task
 
     asyncio.run(main())
-    # The job's transaction was rolled back with the connection: pending, no attempt recorded
-    # in its row (its start record counts it as a crash at the next claim).
+    # The job's transaction was rolled back; the worker's connections are closed.
+    wait_until(
+        lambda: (
+            scalar(
+                conn,
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            == 0
+        ),
+        what="the cancelled worker's backends to end",
+    )
+    # Pending, no attempt recorded in its row (its start record counts it as a crash at the
+    # next claim).
     row = conn.execute("SELECT status, attempts FROM pgqueue.jobs WHERE id = %s", (job_id,))
     assert row.fetchone() == ("pending", 0)
 
