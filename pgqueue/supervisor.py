@@ -41,7 +41,7 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -99,6 +99,50 @@ class Starts:
     #: Sent (or failed to be: then ``error``), by this claim's slot or another's.
     sent: bool = False
     error: BaseException | None = None
+
+
+class StartsQueue:
+    """Claims' start records waiting for a side connection: while one sender waits for it,
+    the others' starts gather, and the next sender sends them all in one statement."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queued: list[Starts] = []
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def put(self, starts: Starts) -> None:
+        with self._lock:
+            self._queued.append(starts)
+
+    def batch_for(self, starts: Starts) -> list[Starts]:
+        """What the sender of ``starts`` sends, once it has the side connection: every start
+        queued, ``starts`` among them; none when another sender has sent ``starts`` already
+        (OperationalError when that failed). Send them inside :func:`sending`."""
+        if starts.sent:
+            if starts.error is not None:
+                raise psycopg.OperationalError(
+                    f"could not record job starts: {first_line(starts.error)}"
+                ) from starts.error
+            return []
+        with self._lock:
+            batch, self._queued = self._queued, []
+        return batch
+
+
+@contextlib.contextmanager
+def sending(batch: Sequence[Starts]) -> Iterator[None]:
+    """Mark ``batch`` sent once the block is over, with the error it raised, if any."""
+    try:
+        yield
+    except BaseException as exc:
+        for starts in batch:
+            starts.error = exc
+        raise
+    finally:
+        for starts in batch:
+            starts.sent = True
 
 
 def to_record(jobs: Sequence[JobRecord], token: int) -> Starts | None:
@@ -196,11 +240,11 @@ class Supervisor:
         self._unread = 0
         # The statements prepared on the side connection (by the name they are prepared as).
         self._prepared: set[bytes] = set()
-        # Claims whose start records wait for the side connection (see _record_starts), and
-        # attempts finished since the last start record sent: (job id, claim token). Not under
+        # Claims whose start records wait for the side connection (see _record_starts).
+        self._queued = StartsQueue()
+        # Attempts finished since the last start record sent: (job id, claim token). Not under
         # the side lock, which a slot holds while it waits for the side connection's replies.
         self._queue_lock = threading.Lock()
-        self._queued: list[Starts] = []
         self._done: list[tuple[int, int]] = []
         # The watches, the leases and the thread.
         self._cond = threading.Condition()
@@ -287,25 +331,12 @@ class Supervisor:
         """Send ``starts``, along with those of the other slots' claims queued meanwhile: while
         one slot waits for the side connection, the others' starts gather, and the next
         sender sends them all in one statement. Returns once they are sent."""
-        with self._queue_lock:
-            self._queued.append(starts)
+        self._queued.put(starts)
         with self._side_lock:
-            if not starts.sent:
-                with self._queue_lock:
-                    batch, self._queued = self._queued, []
-                try:
+            batch = self._queued.batch_for(starts)
+            if batch:
+                with sending(batch):
                     self._send(q.START_JOBS, self.start_params(batch))
-                except BaseException as exc:
-                    for other in batch:
-                        other.error = exc
-                    raise
-                finally:
-                    for other in batch:
-                        other.sent = True
-            elif starts.error is not None:
-                raise psycopg.OperationalError(
-                    f"could not record job starts: {first_line(starts.error)}"
-                ) from starts.error
 
     def has_finished(self) -> bool:
         """Whether finished attempts wait for their start records to go (with the next send)."""

@@ -25,11 +25,13 @@ from ..records import JobRecord
 from ..supervisor import (
     SIDE_REPLY_TIMEOUT,
     Starts,
+    StartsQueue,
     Supervisor,
     check_side,
     first_line,
     read_side,
     send_side,
+    sending,
     to_record,
 )
 
@@ -54,7 +56,7 @@ class AsyncStarts:
         self._prepared: set[bytes] = set()
         self._unread = 0
         self._lock = asyncio.Lock()
-        self._queued: list[Starts] = []
+        self._queued = StartsQueue()
 
     async def start_claim(
         self, job: JobRecord, token: int, blocking: Callable[[], Awaitable[None]]
@@ -89,23 +91,12 @@ class AsyncStarts:
 
     async def _record(self, starts: Starts) -> None:
         """Send ``starts`` and those queued meanwhile, in one statement; returns once sent."""
-        self._queued.append(starts)
+        self._queued.put(starts)
         async with self._lock:
-            if not starts.sent:
-                batch, self._queued = self._queued, []
-                try:
+            batch = self._queued.batch_for(starts)
+            if batch:
+                with sending(batch):
                     await self._send(self._supervisor.start_params(batch))
-                except BaseException as exc:
-                    for other in batch:
-                        other.error = exc
-                    raise
-                finally:
-                    for other in batch:
-                        other.sent = True
-            elif starts.error is not None:
-                raise psycopg.OperationalError(
-                    f"could not record job starts: {first_line(starts.error)}"
-                ) from starts.error
 
     async def _send(self, params: list[bytes | None]) -> None:
         """Send the starts and a sync (lock held), once more on a new connection if the old

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from worker_helpers import Calls, running, scalar, status, wait_until
+from worker_helpers import Calls, listening, running, scalar, status, wait_until
 
 import pgqueue
 from pgqueue.errors import InvalidJobError
@@ -122,16 +122,6 @@ def test_cancel_job_is_true_only_for_a_pending_job(conn: psycopg.Connection[Any]
 # -- retry ----------------------------------------------------------------------------------
 
 
-def _listening(conn: psycopg.Connection[Any]) -> bool:
-    return bool(
-        scalar(
-            conn,
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query = 'LISTEN pgqueue_jobs'",
-        )
-    )
-
-
 def test_retry_failed_jobs_counts_them_and_wakes_an_idle_worker(
     conn: psycopg.Connection[Any], dsn: str
 ) -> None:
@@ -149,7 +139,7 @@ def test_retry_failed_jobs_counts_them_and_wakes_an_idle_worker(
     # Polls every 60 s: only a NOTIFY can make it pick the retried jobs up in time.
     worker = pgqueue.JobQueueWorker(dsn, handler=lambda c, job: calls.add(job.id), poll_interval=60)
     with running(worker):
-        wait_until(lambda: _listening(conn), what="the worker to LISTEN")
+        wait_until(lambda: listening(conn), what="the worker to LISTEN")
         sentinel = pgqueue.add_job_to_queue(conn, name="sentinel")
         assert calls.wait_for(1, timeout=10) == [sentinel]
 

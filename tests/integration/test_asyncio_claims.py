@@ -11,7 +11,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from worker_helpers import create_results_table, result_ids, scalar, status, wait_until
+from worker_helpers import (
+    create_results_table,
+    other_backends,
+    result_ids,
+    scalar,
+    status,
+    wait_until,
+)
 
 import pgqueue
 from pgqueue import _wire, aio
@@ -186,14 +193,7 @@ def test_a_cancelled_claim_leaves_the_job_to_run_again(dsn, conn):
     asyncio.run(main())
     # The job's transaction was rolled back; the worker's connections are closed.
     wait_until(
-        lambda: (
-            scalar(
-                conn,
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            == 0
-        ),
+        lambda: other_backends(conn) == 0,
         what="the cancelled worker's backends to end",
     )
     # Pending, no attempt recorded in its row (its start record counts it as a crash at the

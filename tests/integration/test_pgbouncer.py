@@ -35,7 +35,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
-from worker_helpers import create_results_table, result_ids, running, scalar, wait_until
+from worker_helpers import create_results_table, listening, result_ids, running, scalar, wait_until
 
 import pgqueue
 from pgqueue._run_dir import WorkerSlot
@@ -239,16 +239,6 @@ def _recording_handler(conn: psycopg.Connection[Any], job: pgqueue.JobRecord) ->
     conn.execute("INSERT INTO results (job_id, note) VALUES (%s, %s)", (job.id, job.name))
 
 
-def _listening(conn: psycopg.Connection[Any]) -> bool:
-    return bool(
-        scalar(
-            conn,
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query = 'LISTEN pgqueue_jobs'",
-        )
-    )
-
-
 def test_a_worker_through_pgbouncer_with_a_direct_listen_dsn_wakes_on_notify(via, dsn, conn):
     create_results_table(conn)
     poll_interval = 30.0  # only a NOTIFY wakes it within the test's deadlines
@@ -270,7 +260,7 @@ def test_a_worker_through_pgbouncer_with_a_direct_listen_dsn_wakes_on_notify(via
     )
     latencies = []
     with running(worker), psycopg.connect(via, autocommit=True, **NO_PREPARE) as pgb:
-        wait_until(lambda: _listening(conn), what="the worker to LISTEN")
+        wait_until(lambda: listening(conn), what="the worker to LISTEN")
         for _ in range(10):
             ran.clear()
             before = time.monotonic()
@@ -302,7 +292,7 @@ def test_a_worker_through_pgbouncer_without_listen_polls_and_says_so(via, conn, 
     with running(worker), psycopg.connect(via, autocommit=True, **NO_PREPARE) as pgb:
         ids = [pgqueue.add_job_to_queue(pgb, name="polled") for _ in range(5)]
         wait_until(lambda: result_ids(conn) == sorted(ids), what="the polled jobs")
-        assert not _listening(conn)
+        assert not listening(conn)
     lines = [r.getMessage() for r in caplog.records if "LISTEN is off" in r.getMessage()]
     assert lines == ["LISTEN is off (listen=False): polling for due jobs every 0.2 s"]
 
@@ -526,7 +516,7 @@ def test_pgqueue_work_through_pgbouncer_with_listen_dsn_and_no_prepare(via, dsn,
             stderr=err_file,
         )
     try:
-        wait_until(lambda: _listening(conn), what="the worker to LISTEN on the direct DSN")
+        wait_until(lambda: listening(conn), what="the worker to LISTEN on the direct DSN")
         with psycopg.connect(via, autocommit=True, **NO_PREPARE) as pgb:
             ids = pgqueue.add_jobs_to_queue(pgb, [{"name": "cli"}] * 300)
         # Woken by the NOTIFY (polling would wait 30 s); well past 5 runs per statement.

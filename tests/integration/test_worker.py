@@ -19,6 +19,7 @@ from worker_helpers import (
     Calls,
     create_results_table,
     db_now,
+    other_backends,
     result_ids,
     running,
     scalar,
@@ -608,14 +609,7 @@ def test_stop_waits_for_the_running_handler_and_then_takes_nothing(conn):
     assert not worker.is_started
     # The worker let go of its connections: nothing is left to pick up a job.
     wait_until(
-        lambda: (
-            scalar(
-                conn,
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            == 0
-        ),
+        lambda: other_backends(conn) == 0,
         what="the worker's connections to close",
     )
     after = pgqueue.add_job_to_queue(conn, name="slow")

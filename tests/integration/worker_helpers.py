@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 
@@ -99,3 +99,19 @@ class Calls:
     def __len__(self) -> int:
         with self._cond:
             return len(self.items)
+
+
+def other_backends(conn: psycopg.Connection[Any]) -> int:
+    """How many other backends are connected to the test database (a worker's left over)."""
+    return _activity(conn, "pid <> pg_backend_pid()")
+
+
+def listening(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a worker's LISTEN connection is there."""
+    return _activity(conn, "query = 'LISTEN pgqueue_jobs'") > 0
+
+
+def _activity(conn: psycopg.Connection[Any], condition: LiteralString) -> int:
+    """How many backends of the test database meet ``condition`` (SQL of pg_stat_activity)."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+    return int(scalar(conn, query + condition))
