@@ -193,8 +193,6 @@ CURRENT_XACT_ID_WIRE: Final = b"SELECT pg_current_xact_id_if_assigned()::text"
 XACT_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
 ROLLBACK_TO_SAVEPOINT: Final = "ROLLBACK TO SAVEPOINT pgqueue_job"
 ROLLBACK_TO_SAVEPOINT_WIRE: Final = ROLLBACK_TO_SAVEPOINT.encode()
-# No parameters: two statements in one round trip (the asyncio worker, before pgqueue.fail).
-ROLLBACK_AND_RELEASE_SAVEPOINT: Final = ROLLBACK_TO_SAVEPOINT + "; " + RELEASE_SAVEPOINT
 COMPLETE: Final = "SELECT pgqueue.complete(%s, %s, %s)"
 # The end of a claim's transaction, sent through libpq (pgqueue._wire) unnamed, not prepared: a
 # handler may have had psycopg drop every prepared statement of the connection (it does after a

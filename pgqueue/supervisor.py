@@ -608,8 +608,8 @@ def send_side(
     """Queue ``query`` and a sync on a side connection in pipeline mode (its own transaction);
     after START_SETTINGS when it records starts. The statements sent with every claim are
     prepared once per connection, unless ``prepared`` (the names prepared there) is None."""
-    statements = [(q.START_SETTINGS, None), (query, params)] if query == q.START_JOBS else []
-    for sql, values in statements or [(query, params)]:
+    settings = [(q.START_SETTINGS, None)] if query == q.START_JOBS else []
+    for sql, values in [*settings, (query, params)]:
         name = _PREPARED.get(sql) if prepared is not None else None
         send_statement(pgconn, sql, values, name, set() if prepared is None else prepared)
     pgconn.pipeline_sync()  # no reply is flushed before it

@@ -1,18 +1,19 @@
 """The worker: claim due jobs, run each handler inside its job's transaction, complete or fail it.
 
-Each slot (thread) owns one connection and runs, per job:
+Each slot (thread) owns one connection and runs, per job (pgqueue.claim, through libpq's
+pipeline directly: pgqueue._wire):
 
-1. ``BEGIN; SELECT ... FROM pgqueue.dequeue(...); SAVEPOINT`` in one round trip
-   (psycopg pipeline mode); the job's row stays locked by this transaction.
+1. ``BEGIN``, the claim (a plain ``FOR UPDATE SKIP LOCKED`` statement; ``pgqueue.dequeue``
+   instead when a crash is to be settled, a lease has expired or a queue has a concurrency
+   limit) and ``SAVEPOINT`` in one round trip; the job's row stays locked by this transaction.
 2. ``handler(conn, job)`` on that connection, inside the transaction.
-3. Success: ``RELEASE SAVEPOINT; pgqueue.complete(id); COMMIT`` in one round
-   trip: the handler's writes and the completion commit together.
-   Failure: ``ROLLBACK TO SAVEPOINT``, then ``RELEASE SAVEPOINT;
-   pgqueue.fail(id, error); COMMIT``: the handler's writes vanish, the failed
-   attempt is recorded and the job is scheduled again with backoff (or marked
-   failed when out of attempts). The outcome is written outside the savepoint,
-   by the transaction that locked the row: written inside it, Postgres would
-   create a MultiXact per job (see ``ClaimRunner._process_batch``).
+3. Success: ``RELEASE SAVEPOINT``, the completion (a prepared UPDATE for a plain job) and
+   ``COMMIT`` in one round trip: the handler's writes and the completion commit together.
+   Failure: ``ROLLBACK TO SAVEPOINT``, then ``RELEASE SAVEPOINT``, ``pgqueue.fail(id, error)``
+   and ``COMMIT``: the handler's writes vanish, the failed attempt is recorded and the job is
+   scheduled again with backoff (or marked failed when out of attempts). The outcome is
+   written outside the savepoint, by the transaction that locked the row: written inside it,
+   Postgres would create a MultiXact per job (see ``ClaimRunner._process_batch``).
 
 A worker that dies mid-job loses nothing: Postgres rolls the transaction back
 and the job is due again. Idle slots sleep until a NOTIFY (one listener
