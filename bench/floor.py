@@ -1,20 +1,21 @@
 """Scenario 5b, Python's floor: the least a Python process can spend per job with pgqueue's transaction shape.
 
 The pgbench ceiling is C code deleting a job in one statement. A Python worker
-that runs its handler inside the job's transaction needs two round trips per
-job (claim; complete and commit) and a savepoint, and it shares the machine's
-cores with Postgres. This measures that shape with nothing else: threads in one
-process, each on its own connection, sending through libpq directly (pipeline
-mode, one write per round trip, as pgqueue does) BEGIN + a minimal
-``FOR UPDATE SKIP LOCKED`` claim + SAVEPOINT, then RELEASE SAVEPOINT + an
-UPDATE to completed + COMMIT, on pgqueue's own table (the UPDATE outside the
+that runs its handler inside the job's transaction needs a round trip per job
+(complete and commit, with the next claim after the commit, as pgqueue sends
+it) and a savepoint, and it shares the machine's cores with Postgres. This
+measures that shape with nothing else: threads in one process, each on its own
+connection, sending through libpq directly (pipeline mode, one write per round
+trip, as pgqueue does) BEGIN + a minimal ``FOR UPDATE SKIP LOCKED`` claim +
+SAVEPOINT once, then RELEASE SAVEPOINT + an UPDATE to completed + COMMIT + the
+next BEGIN, claim and SAVEPOINT, on pgqueue's own table (the UPDATE outside the
 savepoint, as pgqueue does: inside it, Postgres makes a MultiXact per job and
 the claims slow down as they walk index entries no scan can mark dead). No start records, no handler call, no job
 record: what is left between this floor and the pgbench ceiling is Python and
 the round trips; what is left between pgqueue and this floor is pgqueue's own
 bookkeeping. Batch mode's shape too, for handlers that send nothing (no-op
 jobs; pgqueue takes a savepoint again only after a handler that talked to the
-server): claim 50 + SAVEPOINT, then one RELEASE + UPDATE + COMMIT.
+server): one RELEASE + UPDATE of 50 + COMMIT + the next claim of 50 + SAVEPOINT.
 """
 
 from __future__ import annotations
@@ -81,19 +82,16 @@ def _slot(dsn: str, batch: int, done: list[int]) -> None:
         pgconn.flush()
         _replies(pgconn)
         count = 0
+        claiming = [(b"BEGIN", None), (b"floor_claim", None), (b"SAVEPOINT s", None)]
+        claim = _trip(pgconn, claiming)[1]
         while True:
-            claim = _trip(
-                pgconn, [(b"BEGIN", None), (b"floor_claim", None), (b"SAVEPOINT s", None)]
-            )[1]
             ids = [claim.get_value(row, 0) for row in range(claim.ntuples)]
             if not ids:
                 _trip(pgconn, [(b"ROLLBACK", None)])
                 break
             array = b"{" + b",".join(i or b"" for i in ids) + b"}"
-            _trip(
-                pgconn,
-                [(b"RELEASE SAVEPOINT s", None), (b"floor_done", [array]), (b"COMMIT", None)],
-            )
+            complete = [(b"RELEASE SAVEPOINT s", None), (b"floor_done", [array]), (b"COMMIT", None)]
+            claim = _trip(pgconn, [*complete, *claiming])[4]
             count += len(ids)
         done.append(count)
 

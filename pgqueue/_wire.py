@@ -5,7 +5,9 @@ system call and a wake-up of the server process per statement. The hot path of a
 claim is two round trips of several statements each (BEGIN, claim, SAVEPOINT;
 complete, COMMIT); here each round trip is one write and one sync. On the
 2-core machine of bench/ this took a minimal claim-and-complete loop from 365 to
-98 µs of Python CPU per job, and from 2.1k to 4.2k jobs/s at 4 threads.
+98 µs of Python CPU per job, and from 2.1k to 4.2k jobs/s at 4 threads. While a
+slot keeps finding jobs, the next claim goes in the commit's round trip (see
+:meth:`ClaimTransaction.commit`): one round trip per job.
 
 Each call is written once, as a generator that sends through libpq and yields what it waits
 for (the socket writable, or replies): :class:`ClaimTransaction` blocks on the socket,
@@ -112,11 +114,20 @@ class _Claims:
         self._adapt = Transformer(conn)
         #: A claim's transaction is open (begun, not yet ended).
         self.open = False
+        #: The claim sent ahead with the last commit (see :meth:`ClaimTransaction.commit`): its
+        #: statements' SQL and their results; its transaction is open on the server.
+        self._ahead: tuple[tuple[bytes, ...], list[pq.abc.PGresult]] | None = None
 
     def _begin(
         self, statements: Sequence[Statement], later: Sequence[Statement]
     ) -> _Steps[list[pq.abc.PGresult]]:
         assert not self.open
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead[0] == _key(statements) and self._status() == pq.TransactionStatus.INTRANS:
+                self._opened()
+                return ahead[1]
+            yield from self._end_on_server()  # another claim's: let it go
         failed = 0
         while True:
             try:
@@ -137,18 +148,22 @@ class _Claims:
                 with contextlib.suppress(psycopg.Error):
                     yield from self._end_on_server()
                 raise
-            self.open = True
-            self.conn._num_transactions += 1  # a transaction block: see the module docstring
+            self._opened()
             return results[1:]
 
     def _run(self, statements: Sequence[Statement]) -> _Steps[list[pq.abc.PGresult]]:
         assert self.open
         return (yield from self._round_trip(statements))
 
-    def _commit(self, statements: Sequence[Statement]) -> _Steps[list[pq.abc.PGresult]]:
+    def _commit(
+        self, statements: Sequence[Statement], ahead: Sequence[Statement]
+    ) -> _Steps[list[pq.abc.PGresult]]:
         assert self.open
+        end = [*statements, Statement(_COMMIT)]
+        # After the COMMIT, in the same pipeline segment: skipped if anything before fails.
+        then = [Statement(_BEGIN), *ahead] if ahead else []
         try:
-            results = yield from self._round_trip([*statements, Statement(_COMMIT)])
+            results = yield from self._round_trip([*end, *then], errors_from=len(end))
         except errors.InvalidSqlStatementName as exc:
             # Not prepared here again (a handler that drops it once may do so every time).
             self._dropped.update(s.prepared_as for s in statements if s.prepared_as is not None)
@@ -158,13 +173,24 @@ class _Claims:
                 self.release()
             raise
         self.release()
-        return results[:-1]
+        if then:
+            if any(r.status == pq.ExecStatus.FATAL_ERROR for r in results[len(end) :]):
+                # Committed; the claim ahead failed (a handler dropped its statement, say).
+                with contextlib.suppress(psycopg.Error):
+                    yield from self._end_on_server()
+            else:
+                self._ahead = (_key(ahead), results[len(end) + 1 :])
+        return results[: len(statements)]
 
     def _rollback(self) -> _Steps[None]:
         try:
             yield from self._end_on_server()
         finally:
             self.release()
+
+    def _opened(self) -> None:
+        self.open = True
+        self.conn._num_transactions += 1  # a transaction block: see the module docstring
 
     def release(self) -> None:
         """The transaction is over (committed, rolled back, or ended by a handler's raw
@@ -196,10 +222,15 @@ class _Claims:
         return name if self._prepare and name not in self._dropped else None
 
     def _round_trip(
-        self, statements: Sequence[Statement], *, later: Sequence[Statement] | None = None
+        self,
+        statements: Sequence[Statement],
+        *,
+        later: Sequence[Statement] | None = None,
+        errors_from: int | None = None,
     ) -> _Steps[list[pq.abc.PGresult]]:
         """Send ``statements`` and one sync, wait for every reply; each statement's result.
-        Raises the first error, as psycopg would, once all replies are in.
+        Raises the first error, as psycopg would, once all replies are in; unless it is the
+        result of statement ``errors_from`` or a later one: then it is returned as any other.
 
         ``later`` (None except in begin's round trip, the only one that prepares): statements
         to prepare (not run) after these, if they are not yet. Elsewhere a statement goes by
@@ -225,7 +256,7 @@ class _Claims:
             pgconn.pipeline_sync()
             while pgconn.flush():
                 yield True
-            return (yield from self._replies(pgconn, commands, len(statements)))
+            return (yield from self._replies(pgconn, commands, len(statements), errors_from))
         finally:
             if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status:
                 try:
@@ -240,10 +271,15 @@ class _Claims:
         return self._adapt.dump_sequence(statement.params, [PyFormat.TEXT] * len(statement.params))
 
     def _replies(
-        self, pgconn: pq.abc.PGconn, commands: Sequence[tuple[bytes | None, bool]], count: int
+        self,
+        pgconn: pq.abc.PGconn,
+        commands: Sequence[tuple[bytes | None, bool]],
+        count: int,
+        errors_from: int | None,
     ) -> _Steps[list[pq.abc.PGresult]]:
-        """The ``count`` statements' results, up to the sync. A Parse that failed (or was
-        skipped after an error) prepared nothing, unless the name was there already."""
+        """The ``count`` statements' results, up to the sync (see :meth:`_round_trip` for
+        ``errors_from``). A Parse that failed (or was skipped after an error) prepared
+        nothing, unless the name was there already."""
         results: list[pq.abc.PGresult] = []
         error: pq.abc.PGresult | None = None
         command = 0
@@ -258,7 +294,9 @@ class _Claims:
             status = result.status
             if status == pq.ExecStatus.PIPELINE_SYNC:
                 break
-            if status == pq.ExecStatus.FATAL_ERROR:
+            if status == pq.ExecStatus.FATAL_ERROR and (
+                errors_from is None or len(results) < errors_from
+            ):
                 error = error or result
             name, parse = commands[command] if command < len(commands) else (None, False)
             if not parse:
@@ -295,15 +333,25 @@ class ClaimTransaction(_Claims):
         """``statements`` in one round trip, inside the open transaction; their results."""
         return _drive(self.conn.pgconn, self._run(statements))
 
-    def commit(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+    def commit(
+        self, statements: Sequence[Statement], *, ahead: Sequence[Statement] = ()
+    ) -> list[pq.abc.PGresult]:
         """``statements``, then COMMIT, in one round trip; their results.
 
         When a statement fails the error is raised and the transaction stays open
         (aborted: end it with :meth:`rollback`); :class:`StatementDropped` when it was a
         prepared one that vanished. When the COMMIT itself fails, the server has rolled
         everything back: the transaction is over and its error raised.
+
+        ``ahead``: the next claim's statements (those of its :meth:`begin`), sent after the
+        COMMIT in the same round trip, which the server runs only if all before went
+        through. Their transaction stays open on the server, and the next :meth:`begin`
+        with the same statements takes their results instead of sending them (a
+        :meth:`begin` with others rolls it back first). Nothing is lost if that never
+        comes: the connection's next user finds a transaction to roll back, which releases
+        the jobs, claimed but not started (no start recorded, no attempt counted).
         """
-        return _drive(self.conn.pgconn, self._commit(statements))
+        return _drive(self.conn.pgconn, self._commit(statements, ahead))
 
     def rollback(self) -> None:
         """Roll the transaction back (if the server still has it open) and end it."""
@@ -328,9 +376,11 @@ class AsyncClaimTransaction(_Claims):
         """See :meth:`ClaimTransaction.run`."""
         return await _drive_async(self.conn.pgconn, self._run(statements))
 
-    async def commit(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+    async def commit(
+        self, statements: Sequence[Statement], *, ahead: Sequence[Statement] = ()
+    ) -> list[pq.abc.PGresult]:
         """See :meth:`ClaimTransaction.commit`."""
-        return await _drive_async(self.conn.pgconn, self._commit(statements))
+        return await _drive_async(self.conn.pgconn, self._commit(statements, ahead))
 
     async def rollback(self) -> None:
         """See :meth:`ClaimTransaction.rollback`."""
@@ -372,6 +422,12 @@ class Traffic:
             attributes.pop("wait", None)
         else:
             attributes["wait"] = self._before
+
+
+def _key(statements: Sequence[Statement]) -> tuple[bytes, ...]:
+    """What tells a claim sent ahead from another: its statements' SQL (their parameters are
+    the worker's own, the same for each of its claims)."""
+    return tuple(statement.sql for statement in statements)
 
 
 def send_statement(

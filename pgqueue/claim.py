@@ -85,6 +85,8 @@ class ClaimRunner:
     _claim: Statement
     _handler: Handler | Mapping[str, Handler]
     _supervisor: Supervisor
+    #: Set when the worker stops: a slot then sends no claim ahead of its next.
+    _stopping: threading.Event
     #: Prometheus instruments (pgqueue.metrics) when the worker was made with metrics=...; else None.
     _metrics: WorkerInstruments | None
 
@@ -104,7 +106,8 @@ class ClaimRunner:
         of a batch whose predecessor talked to the server (a handler that did
         not leaves the savepoint where the next job starts), and one before
         each job with a timeout (Postgres's own limits); then RELEASE, the
-        completions, the failures and COMMIT in one.
+        completions, the failures and COMMIT in one, with the slot's next claim
+        (BEGIN, claim, SAVEPOINT) after them: the next call takes its results.
         """
         if slot.claims is None or slot.claims.conn is not conn:
             slot.claims = ClaimTransaction(conn, prepare=self.prepare)
@@ -122,9 +125,8 @@ class ClaimRunner:
         try:
             claim = self._claim
             xid_step = [Statement(q.CURRENT_XACT_ID_WIRE)] if self.batch_size > 1 else []
-            results = tx.begin(
-                [claim, *xid_step, Statement(q.SAVEPOINT_WIRE)], later=[COMPLETE_ONE]
-            )
+            claiming = [claim, *xid_step, Statement(q.SAVEPOINT_WIRE)]
+            results = tx.begin(claiming, later=[COMPLETE_ONE])
             rows = tx.rows(results[0])
             jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
             if rows[0][0] or (len(jobs) > 1 and any(job.crashes for job in jobs)):
@@ -207,7 +209,11 @@ class ClaimRunner:
             # Released first: an UPDATE in the savepoint of a row that the transaction itself
             # locked makes Postgres record both lockers in a MultiXact, one per job, which no
             # index scan can mark dead (every later claim walks them until a vacuum).
-            results = tx.commit([Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes(done, failed)])
+            # The next claim goes along, unless the slot is about to end (ClaimTransaction.commit).
+            ahead = [] if self._stopping.is_set() or slot.orphaned else claiming
+            results = tx.commit(
+                [Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes(done, failed)], ahead=ahead
+            )
             fails = results[len(results) - len(failed) :] if failed else []
             finished = ids
         except _Abandoned:

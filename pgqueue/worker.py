@@ -13,7 +13,11 @@ pipeline directly: pgqueue._wire):
    and ``COMMIT``: the handler's writes vanish, the failed attempt is recorded and the job is
    scheduled again with backoff (or marked failed when out of attempts). The outcome is
    written outside the savepoint, by the transaction that locked the row: written inside it,
-   Postgres would create a MultiXact per job (see ``ClaimRunner._process_batch``).
+   Postgres would create a MultiXact per job (see ``ClaimRunner._process_batch``). Step 1 of
+   the slot's next claim follows the ``COMMIT`` in the same round trip (the server runs it only
+   if the commit went through), unless the worker is stopping: one round trip per job while
+   jobs keep coming. A claim sent ahead and never taken is rolled back with the connection's
+   next use: its job was never started, and nothing is counted.
 
 A worker that dies mid-job loses nothing: Postgres rolls the transaction back
 and the job is due again. Idle slots sleep until a NOTIFY (one listener

@@ -6,8 +6,9 @@ on the event loop): ``BEGIN``, the claim (one job, its row locked until the end)
 the start record (pgqueue.aio._starts, sent from the event loop); ``await handler(conn, job)``; then
 ``RELEASE SAVEPOINT``, the completion and ``COMMIT``, or ``ROLLBACK TO SAVEPOINT``,
 ``RELEASE SAVEPOINT``, ``pgqueue.fail`` and ``COMMIT`` (the outcome outside the savepoint: no
-MultiXact per job). A crash to settle, an expired lease or a limited queue sends the claim through
-``pgqueue.dequeue`` instead, as there.
+MultiXact per job), with the slot's next claim after the COMMIT in the same round trip while the
+worker goes on (one round trip per job then). A crash to settle, an expired lease or a limited
+queue sends the claim through ``pgqueue.dequeue`` instead, as there.
 The statements, what a handler's exception or a transaction left open means, the log lines and
 the counts are the blocking worker's own (pgqueue._queries, pgqueue.claim, pgqueue._options).
 """
@@ -360,6 +361,9 @@ class AsyncJobQueueWorker:
                                 await self._waker.wait(self.poll_interval)
                     finally:
                         if not conn.closed and not conn.broken:
+                            # A claim sent ahead (or an error) may have left a transaction open.
+                            if conn.info.transaction_status != TransactionStatus.IDLE:
+                                await conn.execute(q.ROLLBACK)
                             await conn.set_autocommit(autocommit)
             except (psycopg.OperationalError, PoolTimeout, ConnectError) as exc:
                 if self._stopping.is_set():
@@ -413,9 +417,8 @@ class AsyncJobQueueWorker:
         error: str | None = None
         fail: tuple[Any, ...] | None = None
         try:
-            results = await tx.begin(
-                [self._claim_sql, Statement(q.SAVEPOINT_WIRE)], later=[COMPLETE_ONE]
-            )
+            claiming = [self._claim_sql, Statement(q.SAVEPOINT_WIRE)]
+            results = await tx.begin(claiming, later=[COMPLETE_ONE])
             rows = tx.rows(results[0])
             jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
             if rows[0][0]:
@@ -439,10 +442,13 @@ class AsyncJobQueueWorker:
             )
             recorded = True
             error, result = await self._attempt(conn, job)
-            # The outcome is written outside the savepoint (see ClaimRunner._process_batch).
+            # The outcome is written outside the savepoint (see ClaimRunner._process_batch),
+            # the next claim sent along (AsyncClaimTransaction.commit) unless the worker stops.
+            ahead = [] if self._stopping.is_set() else claiming
             if error is None:
                 await tx.commit(
-                    [Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes([(job, result)], [])]
+                    [Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes([(job, result)], [])],
+                    ahead=ahead,
                 )
             elif conn.info.transaction_status != TransactionStatus.IDLE:
                 results = await tx.commit(
@@ -450,7 +456,8 @@ class AsyncJobQueueWorker:
                         Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE),
                         Statement(q.RELEASE_SAVEPOINT_WIRE),
                         *outcomes([], [(job, error)]),
-                    ]
+                    ],
+                    ahead=ahead,
                 )
                 answer = tx.rows(results[-1])
                 fail = answer[0] if answer else None

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from worker_helpers import count_round_trips
 
 from pgqueue import _wire
 from pgqueue._wire import ClaimTransaction, Statement, StatementDropped
@@ -93,3 +94,67 @@ def test_nothing_is_prepared_when_preparing_is_off(conn):
     tx = ClaimTransaction(conn, prepare=False)
     assert one_transaction(tx, 1) == 2
     assert on_server(conn) == set()
+
+
+# -- the next claim sent ahead with a commit -----------------------------------------------
+
+XID = Statement(b"SELECT pg_current_xact_id()::text", (), b"pgqueue_test_xid")
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many statements each round trip of a claim transaction sent, in order."""
+    return count_round_trips(monkeypatch)
+
+
+def in_transaction(conn: psycopg.Connection[Any]) -> str:
+    return str(psycopg.pq.TransactionStatus(conn.pgconn.transaction_status).name)
+
+
+def test_a_claim_sent_ahead_with_a_commit_is_taken_by_the_next_begin(conn, tx, round_trips):
+    tx.begin([CLAIM], later=[LATER])
+    (result,) = tx.commit([later(1)], ahead=[XID])
+    assert tx.rows(result) == [(2,)]
+    assert not tx.open
+    assert in_transaction(conn) == "INTRANS"  # the claim ahead's, on the server
+    (xid,) = tx.begin([XID], later=[LATER])
+    assert tx.open
+    # Its results are those of the transaction now open, and nothing more was sent for them.
+    assert tx.rows(xid)[0][0] == conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+    assert round_trips == [2, 4]  # BEGIN + claim; LATER + COMMIT + BEGIN + XID
+    tx.commit([])
+    assert in_transaction(conn) == "IDLE"
+
+
+def test_a_begin_with_other_statements_rolls_the_claim_ahead_back(conn, tx, round_trips):
+    conn.execute("CREATE TEMPORARY TABLE written (n integer)")
+    tx.begin([CLAIM], later=[LATER])
+    tx.commit([], ahead=[Statement(b"INSERT INTO written VALUES (1)")])
+    assert one_transaction(tx, 1) == 2
+    assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
+    assert round_trips == [2, 3, 1, 2, 2]  # ...; the ROLLBACK; BEGIN + CLAIM; LATER + COMMIT
+
+
+def test_a_claim_ahead_that_fails_leaves_the_commit_done(conn, tx, round_trips):
+    conn.execute("CREATE TEMPORARY TABLE written (n integer)")
+    tx.begin([CLAIM], later=[LATER])
+    conn.execute("INSERT INTO written VALUES (1)")
+    (result,) = tx.commit([later(1)], ahead=[Statement(b"SELECT 1/0")])
+    assert tx.rows(result) == [(2,)]
+    assert in_transaction(conn) == "IDLE"  # the failed claim's transaction rolled back
+    assert conn.execute("SELECT count(*) FROM written").fetchone() == (1,)
+    with pytest.raises(psycopg.errors.DivisionByZero):  # sent again: not taken from before
+        tx.begin([Statement(b"SELECT 1/0")])
+    assert round_trips == [2, 4, 1, 2, 1]  # ...; the ROLLBACK; BEGIN + 1/0; its ROLLBACK
+
+
+def test_a_claim_ahead_does_not_run_after_a_failed_commit(conn, tx):
+    conn.execute("CREATE TEMPORARY TABLE written (n integer)")
+    tx.begin([CLAIM], later=[LATER])
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        tx.commit([Statement(b"SELECT 1/0")], ahead=[Statement(b"INSERT INTO written VALUES (1)")])
+    assert tx.open  # aborted, as without a claim ahead
+    tx.rollback()
+    assert in_transaction(conn) == "IDLE"
+    assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
+    assert one_transaction(tx, 1) == 2
