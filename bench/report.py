@@ -217,7 +217,8 @@ def _floor(s: dict[str, Any]) -> str:
     return (
         _table(["Python floor", "Jobs", "jobs/s (median)", "best", "vs pgbench"], rows)
         + "\n\nThreads in one process, libpq pipeline (psycopg.pq), pgqueue's transaction shape"
-        " and nothing else: BEGIN + a minimal SKIP LOCKED claim + SAVEPOINT, then RELEASE + UPDATE + COMMIT"
+        " and nothing else: BEGIN + a minimal SKIP LOCKED claim + SAVEPOINT, then per claim one round"
+        " trip of RELEASE + UPDATE + COMMIT + the next BEGIN, claim and SAVEPOINT"
         " (batches of no-op jobs the same, one claim and one completion per batch); see bench/floor.py."
     )
 
