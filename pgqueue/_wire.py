@@ -115,8 +115,8 @@ class _Claims:
         #: A claim's transaction is open (begun, not yet ended).
         self.open = False
         #: The claim sent ahead with the last commit (see :meth:`ClaimTransaction.commit`): its
-        #: statements' SQL and their results; its transaction is open on the server.
-        self._ahead: tuple[tuple[bytes, ...], list[pq.abc.PGresult]] | None = None
+        #: statements and their results; its transaction is open on the server.
+        self._ahead: tuple[list[Statement], list[pq.abc.PGresult]] | None = None
 
     def _begin(
         self, statements: Sequence[Statement], later: Sequence[Statement]
@@ -124,7 +124,7 @@ class _Claims:
         assert not self.open
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            if ahead[0] == _key(statements) and self._status() == pq.TransactionStatus.INTRANS:
+            if ahead[0] == list(statements) and self._status() == pq.TransactionStatus.INTRANS:
                 self._opened()
                 return ahead[1]
             yield from self._end_on_server()  # another claim's: let it go
@@ -179,7 +179,7 @@ class _Claims:
                 with contextlib.suppress(psycopg.Error):
                     yield from self._end_on_server()
             else:
-                self._ahead = (_key(ahead), results[len(end) + 1 :])
+                self._ahead = (list(ahead), results[len(end) + 1 :])
         return results[: len(statements)]
 
     def _rollback(self) -> _Steps[None]:
@@ -422,12 +422,6 @@ class Traffic:
             attributes.pop("wait", None)
         else:
             attributes["wait"] = self._before
-
-
-def _key(statements: Sequence[Statement]) -> tuple[bytes, ...]:
-    """What tells a claim sent ahead from another: its statements' SQL (their parameters are
-    the worker's own, the same for each of its claims)."""
-    return tuple(statement.sql for statement in statements)
 
 
 def send_statement(

@@ -46,6 +46,11 @@ Handler: TypeAlias = Callable[[psycopg.Connection[Any], JobRecord], object]
 
 _MAX_ERROR_LENGTH: Final = 16_000
 
+# The job's savepoint, as both workers send it.
+SAVEPOINT: Final = Statement(q.SAVEPOINT_WIRE)
+RELEASE: Final = Statement(q.RELEASE_SAVEPOINT_WIRE)
+ROLLBACK_TO: Final = Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE)
+
 # The completion of one plain job (the usual outcome), prepared in the claim's first round
 # trip: sent unnamed, it was parsed and planned afresh for each job (0.14 ms of server CPU).
 COMPLETE_ONE: Final = Statement(
@@ -125,21 +130,15 @@ class ClaimRunner:
         try:
             claim = self._claim
             xid_step = [Statement(q.CURRENT_XACT_ID_WIRE)] if self.batch_size > 1 else []
-            claiming = [claim, *xid_step, Statement(q.SAVEPOINT_WIRE)]
+            claiming = [claim, *xid_step, SAVEPOINT]
             results = tx.begin(claiming, later=[COMPLETE_ONE])
             rows = tx.rows(results[0])
             jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
             if rows[0][0] or (len(jobs) > 1 and any(job.crashes for job in jobs)):
                 # The rare cases (see q.claim_statement): pgqueue.dequeue claims instead, before
                 # the first job's savepoint (a failing handler must not undo what it settled).
-                dequeue = Statement(q.DEQUEUE_WIRE, (self.batch_size, self.queues, self._names))
                 results = tx.run(
-                    [
-                        Statement(q.RELEASE_SAVEPOINT_WIRE),
-                        dequeue,
-                        *xid_step,
-                        Statement(q.SAVEPOINT_WIRE),
-                    ]
+                    dequeue_instead(self.batch_size, self.queues, self._names, xid_step)
                 )
                 jobs = [JobRecord.from_row(row) for row in tx.rows(results[1])]
             if xid_step:
@@ -161,7 +160,7 @@ class ClaimRunner:
             clean = True
             for job in jobs:
                 if not clean:
-                    tx.run([Statement(q.RELEASE_SAVEPOINT_WIRE), Statement(q.SAVEPOINT_WIRE)])
+                    tx.run([RELEASE, SAVEPOINT])
                 timeout = self._timeout_of(job)
                 before = limits
                 if timeout is not None and limits != server_limit_ms(timeout):
@@ -202,7 +201,7 @@ class ClaimRunner:
                     return True
                 else:
                     # Not through psycopg, which would drop every prepared statement after it.
-                    tx.run([Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE)])
+                    tx.run([ROLLBACK_TO])
                     limits = before
                     clean = True
                     failed.append((job, error))
@@ -211,9 +210,7 @@ class ClaimRunner:
             # index scan can mark dead (every later claim walks them until a vacuum).
             # The next claim goes along, unless the slot is about to end (ClaimTransaction.commit).
             ahead = [] if self._stopping.is_set() or slot.orphaned else claiming
-            results = tx.commit(
-                [Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes(done, failed)], ahead=ahead
-            )
+            results = tx.commit([RELEASE, *outcomes(done, failed)], ahead=ahead)
             fails = results[len(results) - len(failed) :] if failed else []
             finished = ids
         except _Abandoned:
@@ -361,6 +358,17 @@ def is_plain(job: JobRecord) -> bool:
     q.COMPLETE_PLAIN_WIRE): it neither
     recurs (the built-in recurring job) nor repeats on a schedule of its own."""
     return job.schedule is None and job.name != RECURRING_JOB_NAME
+
+
+def dequeue_instead(
+    limit: int, queues: list[str] | None, names: list[str] | None, then: Sequence[Statement] = ()
+) -> list[Statement]:
+    """The round trip that claims through pgqueue.dequeue instead, after the plain claim said
+    so (see q.claim_statement): out of the first savepoint, the claim (its result second),
+    ``then``, and the savepoint again, before the first job's (a failing handler must not undo
+    what dequeue settled)."""
+    dequeue = Statement(q.DEQUEUE_WIRE, (limit, queues, names))
+    return [RELEASE, dequeue, *then, SAVEPOINT]
 
 
 def outcomes(

@@ -39,7 +39,11 @@ from .._wire import AsyncClaimTransaction, Statement, StatementDropped, statemen
 from ..builtins import BUILTIN_NAMES, builtin_steps, next_run
 from ..claim import (
     COMPLETE_ONE,
+    RELEASE,
+    ROLLBACK_TO,
+    SAVEPOINT,
     commit_failed,
+    dequeue_instead,
     gives_up_itself,
     handler_error,
     log_done,
@@ -417,17 +421,14 @@ class AsyncJobQueueWorker:
         error: str | None = None
         fail: tuple[Any, ...] | None = None
         try:
-            claiming = [self._claim_sql, Statement(q.SAVEPOINT_WIRE)]
+            claiming = [self._claim_sql, SAVEPOINT]
             results = await tx.begin(claiming, later=[COMPLETE_ONE])
             rows = tx.rows(results[0])
             jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
             if rows[0][0]:
                 # A crash to settle, a lease expired or a limited queue: pgqueue.dequeue
                 # claims instead, before the job's savepoint (see q.claim_statement).
-                dequeue = Statement(q.DEQUEUE_WIRE, (1, self.queues, self._options.names))
-                results = await tx.run(
-                    [Statement(q.RELEASE_SAVEPOINT_WIRE), dequeue, Statement(q.SAVEPOINT_WIRE)]
-                )
+                results = await tx.run(dequeue_instead(1, self.queues, self._options.names))
                 jobs = [JobRecord.from_row(row) for row in tx.rows(results[1])]
             if not jobs:
                 await tx.commit([])
@@ -446,18 +447,10 @@ class AsyncJobQueueWorker:
             # the next claim sent along (AsyncClaimTransaction.commit) unless the worker stops.
             ahead = [] if self._stopping.is_set() else claiming
             if error is None:
-                await tx.commit(
-                    [Statement(q.RELEASE_SAVEPOINT_WIRE), *outcomes([(job, result)], [])],
-                    ahead=ahead,
-                )
+                await tx.commit([RELEASE, *outcomes([(job, result)], [])], ahead=ahead)
             elif conn.info.transaction_status != TransactionStatus.IDLE:
                 results = await tx.commit(
-                    [
-                        Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE),
-                        Statement(q.RELEASE_SAVEPOINT_WIRE),
-                        *outcomes([], [(job, error)]),
-                    ],
-                    ahead=ahead,
+                    [ROLLBACK_TO, RELEASE, *outcomes([], [(job, error)])], ahead=ahead
                 )
                 answer = tx.rows(results[-1])
                 fail = answer[0] if answer else None
