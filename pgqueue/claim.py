@@ -464,7 +464,8 @@ def log_done(stats: WorkerStats, job: JobRecord) -> None:
     """Count and log a completed job."""
     if job.name not in BUILTIN_NAMES:  # pgqueue's own jobs are not counted
         stats.add("completed")
-    logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
+    if logger.isEnabledFor(logging.DEBUG):  # the extra dict costs a little, per job
+        logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
 
 
 def log_failure(

@@ -41,7 +41,7 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -351,14 +351,14 @@ class Supervisor:
             done, self._done = self._done, []
         rows = [(job, starts) for starts in batch for job in starts.jobs]
         return [
-            _array(job.id for job, _ in rows),
-            _array(job.attempts for job, _ in rows),
+            _ints(job.id for job, _ in rows),
+            _ints(job.attempts for job, _ in rows),
             _array(_timestamp(next_run(job, now)) for job, _ in rows),
             self.worker_id.encode(),
             str(_process.id).encode(),
-            _array(starts.token for _, starts in rows),
-            _array(job_id for job_id, _ in done),
-            _array(claim for _, claim in done),
+            _ints(starts.token for _, starts in rows),
+            _ints(job_id for job_id, _ in done),
+            _ints(claim for _, claim in done),
             _array("t" if len(starts.jobs) > 1 else "f" for _, starts in rows),
         ]
 
@@ -380,7 +380,7 @@ class Supervisor:
         if not ids:
             return
         try:
-            self._call(q.FORGET_STARTS, [_array(ids), str(token).encode()])
+            self._call(q.FORGET_STARTS, [_ints(ids), str(token).encode()])
         except (psycopg.Error, ConnectError, OSError) as exc:
             logger.warning(
                 "could not forget the start records of job(s) %s (%s): they will count as a crash",
@@ -484,7 +484,7 @@ class Supervisor:
                 [
                     str(job.id).encode(),
                     repr(watch.timeout).encode(),
-                    _array(watch.ids),
+                    _ints(watch.ids),
                     str(watch.token).encode(),
                 ],
             )
@@ -641,16 +641,19 @@ def read_side(pgconn: pq.abc.PGconn, unread: int) -> int:
     return unread
 
 
-def _array(values: Any) -> bytes:
-    """A Postgres array literal in text format, as a parameter: integers or NULL-able text."""
+def _ints(values: Iterable[int]) -> bytes:
+    """A Postgres array literal of integers in text format, as a parameter."""
+    return ("{" + ",".join(map(str, values)) + "}").encode()
+
+
+def _array(values: Iterable[str | None]) -> bytes:
+    """A Postgres array literal of NULL-able text in text format, as a parameter."""
     items = []
     for value in values:
         if value is None:
             items.append("NULL")
-        elif isinstance(value, int):
-            items.append(str(value))
         else:
-            items.append('"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"')
+            items.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
     return ("{" + ",".join(items) + "}").encode()
 
 
