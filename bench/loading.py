@@ -14,8 +14,9 @@ NOOP: Final = "noop"
 # fires the statement-level NOTIFY trigger once. %(names)s > 1 spreads the
 # jobs over names noop0 .. noop<names-1>.
 _LOAD: Final = """
-INSERT INTO pgqueue.jobs (name, data, status, scheduled_at, attempts, completed_at)
-SELECT CASE WHEN %(names)s > 1 THEN 'noop' || (g %% %(names)s) ELSE 'noop' END,
+INSERT INTO pgqueue.jobs (queue, name, data, status, scheduled_at, attempts, completed_at)
+SELECT %(queue)s,
+       CASE WHEN %(names)s > 1 THEN 'noop' || (g %% %(names)s) ELSE 'noop' END,
        jsonb_build_object('i', g),
        %(status)s,
        now() + make_interval(secs => %(delay)s),
@@ -44,12 +45,12 @@ def load_jobs(
     status: str = "pending",
     delay_seconds: float = 0.0,
     names: int = 1,
+    queue: str = "default",
 ) -> None:
     """Insert ``count`` jobs in one statement (finished ones when ``status`` is 'completed')."""
+    params = {"count": count, "status": status, "delay": delay_seconds, "names": names}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            _LOAD, {"count": count, "status": status, "delay": delay_seconds, "names": names}
-        )
+        conn.execute(_LOAD, params | {"queue": queue})
 
 
 def bulk_enqueue(dsn: str, count: int) -> None:

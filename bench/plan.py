@@ -57,6 +57,10 @@ class Plan:
     # 7. memory
     memory_jobs: int = 1_000_000
     memory_threads: int = 4
+    #: Threads of the batch-mode worker (batches of ``batch_size``) beside the default one,
+    #: and the share of each chunk queued for it (the rest for the default-mode worker).
+    memory_batch_threads: int = 2
+    memory_batch_share: float = 0.75
     memory_chunk: int = 50_000
     memory_cap: float = 400.0
     #: The whole run should end within this many seconds: the memory scenario (last)

@@ -293,9 +293,14 @@ def _memory(s: dict[str, Any]) -> str:
     if _err(data):
         return f"Not measured: {_err(data)}"
     rows = [[f"{jobs:,}", mib] for jobs, mib in data["samples"]]
+    counts = data.get("worker_stats") or {}
+    split = ", ".join(f"{mode} {c['completed']:,}" for mode, c in counts.items())
     head = (
-        f"One worker process, {data['threads']} threads, fed {data['jobs_done']:,} jobs "
-        f"({data['jobs_per_s']} jobs/s) in {data['elapsed_s']} s"
+        f"One worker process: a default-mode worker of {data['threads']} threads and a batch-mode "
+        f"one of {data['batch_threads']} threads (batches of {data['batch_size']}), each on a "
+        f"queue of its own ({data['batch_share']:.0%} of the jobs for the batch-mode one), "
+        f"fed {data['jobs_done']:,} jobs in {data['elapsed_s']} s "
+        f"({data['jobs_per_s']} jobs/s; completed: {split or 'not reported'})"
         f"{' (time cap hit before ' + format(data['jobs_target'], ',') + ')' if data['capped'] else ''}. "
         f"Idle RSS {data['idle_rss_mib']} MiB; growth {data['growth_from_idle_mib']} MiB from idle, "
         f"{data['growth_after_warmup_mib']} MiB after the first {data['warm_at_jobs']:,} jobs.\n\n"

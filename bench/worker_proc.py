@@ -1,9 +1,11 @@
 """A pgqueue worker in a process of its own, driven by the benchmark over stdin/stdout.
 
 ``drain``: build the worker, print ``ready``, wait for a line on stdin, run
-``work_off()`` and print its counts as JSON. ``serve``: start the worker,
-print ``ready`` and keep it running until stdin closes, then stop it and
-print its counts (the memory scenario reads this process's RSS meanwhile).
+``work_off()`` and print its counts as JSON. ``serve``: start the worker (and,
+with ``--batch-threads``, a batch-mode worker of ``--batch-size`` beside it, on
+queue ``batch``, the default-mode one then on queue ``default``), print
+``ready`` and keep them running until stdin closes, then stop them and print
+their counts (the memory scenario reads this process's RSS meanwhile).
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import pgqueue
 from .loading import noop
 
 
-def _worker(args: argparse.Namespace) -> Any:
+def _worker(
+    args: argparse.Namespace, threads: int, batch_size: int, queues: list[str] | None = None
+) -> Any:
     kwargs: dict[str, Any] = {
         "handler": noop,
-        "parallel_count": args.threads,
+        "parallel_count": threads,
         "poll_interval": args.poll_interval,
+        "queues": queues,
     }
-    if args.batch_size:
-        kwargs["batch_size"] = args.batch_size
+    if batch_size:
+        kwargs["batch_size"] = batch_size
     return pgqueue.JobQueueWorker(args.dsn, **kwargs)
 
 
@@ -37,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=0)
     parser.add_argument("--poll-interval", type=float, default=1.5)
+    parser.add_argument("--batch-threads", type=int, default=0)
     args = parser.parse_args(argv)
-    worker = _worker(args)
     if args.mode == "drain":
+        worker = _worker(args, args.threads, args.batch_size)
         print("ready", flush=True)
         sys.stdin.readline()
         start = time.perf_counter()
@@ -47,11 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - start
         print(json.dumps({**stats.as_dict(), "elapsed": elapsed}), flush=True)
         return 0
-    worker.start()
+    if args.batch_threads:
+        workers = {
+            "default": _worker(args, args.threads, 0, ["default"]),
+            "batch": _worker(args, args.batch_threads, args.batch_size, ["batch"]),
+        }
+    else:
+        workers = {"default": _worker(args, args.threads, 0)}
+    for worker in workers.values():
+        worker.start()
     print("ready", flush=True)
     sys.stdin.read()  # until the benchmark closes our stdin
-    worker.stop()
-    print(json.dumps(worker.stats.as_dict()), flush=True)
+    for worker in workers.values():
+        worker.stop()
+    print(json.dumps({mode: w.stats.as_dict() for mode, w in workers.items()}), flush=True)
     return 0
 
 
