@@ -50,6 +50,8 @@ _MAX_ERROR_LENGTH: Final = 16_000
 SAVEPOINT: Final = Statement(q.SAVEPOINT_WIRE)
 RELEASE: Final = Statement(q.RELEASE_SAVEPOINT_WIRE)
 ROLLBACK_TO: Final = Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE)
+# Batch mode: the transaction's id, taken with the claim (see q.CURRENT_XACT_ID_WIRE).
+CURRENT_XACT_ID: Final = Statement(q.CURRENT_XACT_ID_WIRE)
 
 # The completion of one plain job (the usual outcome), prepared in the claim's first round
 # trip: sent unnamed, it was parsed and planned afresh for each job (0.14 ms of server CPU).
@@ -129,7 +131,7 @@ class ClaimRunner:
         fails: list[pq.abc.PGresult] = []
         try:
             claim = self._claim
-            xid_step = [Statement(q.CURRENT_XACT_ID_WIRE)] if self.batch_size > 1 else []
+            xid_step = [CURRENT_XACT_ID] if self.batch_size > 1 else []
             claiming = [claim, *xid_step, SAVEPOINT]
             results = tx.begin(claiming, later=[COMPLETE_ONE])
             rows = tx.rows(results[0])

@@ -121,3 +121,20 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test database."""
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many statements each round trip of a claim transaction (pgqueue._wire) sends, in
+    order, from the fixture on."""
+    from pgqueue import _wire
+
+    sent: list[int] = []
+    real = _wire._Claims._round_trip
+
+    def counted(self: Any, statements: Any, **kwargs: Any) -> Any:
+        sent.append(len(statements))
+        return real(self, statements, **kwargs)
+
+    monkeypatch.setattr(_wire._Claims, "_round_trip", counted)
+    return sent

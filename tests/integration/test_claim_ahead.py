@@ -16,16 +16,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from worker_helpers import Calls, count_round_trips, running, status, wait_until
+from worker_helpers import Calls, running, status, wait_until
 
 import pgqueue
 from pgqueue import _wire, aio
-
-
-@pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many statements each round trip of a claim transaction sent, in order."""
-    return count_round_trips(monkeypatch)
 
 
 def job_state(conn: psycopg.Connection[Any], job_id: int) -> tuple[Any, ...]:

@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from worker_helpers import count_round_trips
 
 from pgqueue import _wire
 from pgqueue._wire import ClaimTransaction, Statement, StatementDropped
@@ -99,12 +98,6 @@ def test_nothing_is_prepared_when_preparing_is_off(conn):
 # -- the next claim sent ahead with a commit -----------------------------------------------
 
 XID = Statement(b"SELECT pg_current_xact_id()::text", (), b"pgqueue_test_xid")
-
-
-@pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many statements each round trip of a claim transaction sent, in order."""
-    return count_round_trips(monkeypatch)
 
 
 def in_transaction(conn: psycopg.Connection[Any]) -> str:

@@ -115,19 +115,3 @@ def _activity(conn: psycopg.Connection[Any], condition: LiteralString) -> int:
     """How many backends of the test database meet ``condition`` (SQL of pg_stat_activity)."""
     query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
     return int(scalar(conn, query + condition))
-
-
-def count_round_trips(monkeypatch: Any) -> list[int]:
-    """Record how many statements each round trip of a claim transaction (pgqueue._wire) sends,
-    in order, from now on (``monkeypatch``: pytest's, which undoes it)."""
-    from pgqueue import _wire
-
-    sent: list[int] = []
-    real = _wire._Claims._round_trip
-
-    def counted(self: Any, statements: Any, **kwargs: Any) -> Any:
-        sent.append(len(statements))
-        return real(self, statements, **kwargs)
-
-    monkeypatch.setattr(_wire._Claims, "_round_trip", counted)
-    return sent
