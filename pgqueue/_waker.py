@@ -36,6 +36,8 @@ class Waker:
             self._cond.notify()
 
     def nudge(self) -> None:
+        if not self._waiting:  # read without the lock (a busy worker nudges after every job)
+            return
         with self._cond:
             if self._waiting:
                 self._tokens = min(self._tokens + 1, self._cap)

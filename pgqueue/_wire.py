@@ -36,7 +36,7 @@ import select
 import weakref
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias, TypeVar
+from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import errors, pq
@@ -69,8 +69,6 @@ T = TypeVar("T")
 _names: weakref.WeakKeyDictionary[psycopg.BaseConnection[Any], _Names] = weakref.WeakKeyDictionary()
 
 _DUPLICATE = b"42P05"  # duplicate_prepared_statement
-_BEGIN = b"BEGIN"
-_COMMIT = b"COMMIT"
 _ROLLBACK = b"ROLLBACK"
 
 
@@ -131,7 +129,7 @@ class _Claims:
         failed = 0
         while True:
             try:
-                results = yield from self._round_trip([Statement(_BEGIN), *statements], later=later)
+                results = yield from self._round_trip([BEGIN, *statements], later=[*later, COMMIT])
             except (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatement) as exc:
                 # One missing: likely all gone (DEALLOCATE ALL), the ones not sent here too;
                 # one there after all: _replies has noted it. Each failed try puts at least
@@ -141,7 +139,7 @@ class _Claims:
                 with contextlib.suppress(psycopg.Error):
                     yield from self._end_on_server()
                 failed += 1
-                if failed > sum(1 for s in [*statements, *later] if s.prepared_as is not None):
+                if failed > sum(1 for s in [BEGIN, *statements, *later, COMMIT] if s.prepared_as):
                     raise
                 continue
             except BaseException:
@@ -153,21 +151,22 @@ class _Claims:
 
     def _run(self, statements: Sequence[Statement]) -> _Steps[list[pq.abc.PGresult]]:
         assert self.open
-        return (yield from self._round_trip(statements))
+        try:
+            return (yield from self._round_trip(statements))
+        except errors.InvalidSqlStatementName as exc:
+            raise self._vanished(statements, exc) from exc
 
     def _commit(
         self, statements: Sequence[Statement], ahead: Sequence[Statement]
     ) -> _Steps[list[pq.abc.PGresult]]:
         assert self.open
-        end = [*statements, Statement(_COMMIT)]
+        end = [*statements, COMMIT]
         # After the COMMIT, in the same pipeline segment: skipped if anything before fails.
-        then = [Statement(_BEGIN), *ahead] if ahead else []
+        then = [BEGIN, *ahead] if ahead else []
         try:
             results = yield from self._round_trip([*end, *then], errors_from=len(end))
         except errors.InvalidSqlStatementName as exc:
-            # Not prepared here again (a handler that drops it once may do so every time).
-            self._dropped.update(s.prepared_as for s in statements if s.prepared_as is not None)
-            raise StatementDropped(str(exc)) from exc
+            raise self._vanished(end, exc) from exc
         except BaseException:
             if self._status() == pq.TransactionStatus.IDLE:
                 self.release()
@@ -181,6 +180,14 @@ class _Claims:
             else:
                 self._ahead = (list(ahead), results[len(end) + 1 :])
         return results[: len(statements)]
+
+    def _vanished(
+        self, statements: Sequence[Statement], exc: errors.InvalidSqlStatementName
+    ) -> StatementDropped:
+        """A statement of this transaction vanished (see the module docstring): these are not
+        prepared here again (a handler that has them dropped once may do so every time)."""
+        self._dropped.update(s.prepared_as for s in statements if s.prepared_as is not None)
+        return StatementDropped(str(exc))
 
     def _rollback(self) -> _Steps[None]:
         try:
@@ -206,8 +213,8 @@ class _Claims:
 
     # -- the wire ---------------------------------------------------------------
 
-    def _status(self) -> pq.TransactionStatus:
-        return pq.TransactionStatus(self.conn.pgconn.transaction_status)
+    def _status(self) -> int:
+        return self.conn.pgconn.transaction_status  # a pq.TransactionStatus value
 
     def _end_on_server(self) -> _Steps[None]:
         if not self.conn.closed and self._status() in (
@@ -455,6 +462,13 @@ def statement_name(prefix: bytes, sql: bytes) -> bytes:
     """A name to prepare ``sql`` as, after its text: connections may be shared (a pool's, by
     workers of other queues), and what is prepared there stays with them."""
     return prefix + hashlib.blake2b(sql, digest_size=8).hexdigest().encode()
+
+
+# The transaction's own ends, prepared as the claim and its completion are: sent unnamed, each
+# was parsed afresh (about 10 µs of server time per job for the four utility statements of a
+# claim). A ROLLBACK stays unnamed: it must work when a handler has had the names dropped.
+BEGIN: Final = Statement(b"BEGIN", (), statement_name(b"pgqueue_begin_", b"BEGIN"))
+COMMIT: Final = Statement(b"COMMIT", (), statement_name(b"pgqueue_commit_", b"COMMIT"))
 
 
 def _drive(pgconn: pq.abc.PGconn, steps: _Steps[T]) -> T:

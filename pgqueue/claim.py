@@ -46,9 +46,14 @@ Handler: TypeAlias = Callable[[psycopg.Connection[Any], JobRecord], object]
 
 _MAX_ERROR_LENGTH: Final = 16_000
 
-# The job's savepoint, as both workers send it.
-SAVEPOINT: Final = Statement(q.SAVEPOINT_WIRE)
-RELEASE: Final = Statement(q.RELEASE_SAVEPOINT_WIRE)
+# The job's savepoint, as both workers send it: prepared, as BEGIN and COMMIT are (pgqueue._wire).
+# Its rollback stays unnamed: it must work after a failing handler had the names dropped.
+SAVEPOINT: Final = Statement(
+    q.SAVEPOINT_WIRE, (), statement_name(b"pgqueue_savepoint_", q.SAVEPOINT_WIRE)
+)
+RELEASE: Final = Statement(
+    q.RELEASE_SAVEPOINT_WIRE, (), statement_name(b"pgqueue_release_", q.RELEASE_SAVEPOINT_WIRE)
+)
 ROLLBACK_TO: Final = Statement(q.ROLLBACK_TO_SAVEPOINT_WIRE)
 # Batch mode: the transaction's id, taken with the claim (see q.CURRENT_XACT_ID_WIRE).
 CURRENT_XACT_ID: Final = Statement(q.CURRENT_XACT_ID_WIRE)
@@ -133,7 +138,7 @@ class ClaimRunner:
             claim = self._claim
             xid_step = [CURRENT_XACT_ID] if self.batch_size > 1 else []
             claiming = [claim, *xid_step, SAVEPOINT]
-            results = tx.begin(claiming, later=[COMPLETE_ONE])
+            results = tx.begin(claiming, later=[COMPLETE_ONE, RELEASE])
             rows = tx.rows(results[0])
             jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
             if rows[0][0] or (len(jobs) > 1 and any(job.crashes for job in jobs)):
@@ -319,7 +324,7 @@ class ClaimRunner:
         error, value = self._call_handler(conn, job)
         if error is not None:
             return error, None
-        error = transaction_error(conn.info.transaction_status)
+        error = transaction_error(conn.pgconn.transaction_status)
         if error is not None:
             return error, None
         return None, value if isinstance(value, str) else None
@@ -446,7 +451,7 @@ def handler_error(exc: Exception, timeout: float | None, elapsed: float) -> str:
     return _describe(exc)
 
 
-def transaction_error(status: TransactionStatus) -> str | None:
+def transaction_error(status: int) -> str | None:
     """The error of an attempt whose handler returned leaving its transaction in ``status``;
     None when the transaction is still open and sound."""
     if status == TransactionStatus.IDLE:

@@ -422,7 +422,7 @@ class AsyncJobQueueWorker:
         fail: tuple[Any, ...] | None = None
         try:
             claiming = [self._claim_sql, SAVEPOINT]
-            results = await tx.begin(claiming, later=[COMPLETE_ONE])
+            results = await tx.begin(claiming, later=[COMPLETE_ONE, RELEASE])
             rows = tx.rows(results[0])
             jobs = [JobRecord.from_row(row[1:-1]) for row in rows if row[1] is not None]
             if rows[0][0]:
@@ -522,7 +522,7 @@ class AsyncJobQueueWorker:
                     None,
                 )
             return handler_error(exc, timeout, time.monotonic() - started), None
-        error = transaction_error(conn.info.transaction_status)
+        error = transaction_error(conn.pgconn.transaction_status)
         if error is not None:
             return error, None
         return None, value if isinstance(value, str) else None

@@ -5,6 +5,7 @@ transaction, a commit-time failure, recurring and repeating jobs, and max_concur
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -506,6 +508,43 @@ def test_raw_rollback_in_a_batch_runs_the_jobs_before_it_again(
     assert (job.status, job.attempts) == ("failed", 1)
     assert job.last_error is not None
     assert "committed or rolled back" in job.last_error.splitlines()[0]
+
+
+@pytest.mark.parametrize("dropper", [0, 2], ids=["before others", "last"])
+def test_a_batch_whose_prepared_statements_were_dropped_runs_again_once(
+    conn: psycopg.Connection[Any], dsn: str, dropper: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A handler that has pgqueue's prepared statements dropped (psycopg's DEALLOCATE ALL, or its
+    # own): the next statement sent by name fails, between two jobs or at the commit. The batch
+    # runs again, its attempts not counted, and that connection sends those statements unnamed.
+    create_results_table(conn)
+    ids = pgqueue.add_jobs_to_queue(conn, [{"name": "job", "data": i} for i in range(3)])
+    calls = Calls()
+    dropped: list[int] = []
+
+    def handler(c: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        calls.add((job.id, txid(c)))
+        insert_result(c, job)
+        if job.data == dropper and not dropped:
+            dropped.append(job.id)
+            names = c.execute(
+                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgqueue%'",
+                prepare=False,
+            ).fetchall()
+            for (name,) in names:
+                c.execute(psycopg.sql.SQL("DEALLOCATE {}").format(psycopg.sql.Identifier(name)))
+
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, batch_size=5, poll_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="pgqueue.worker"):
+        stats = work_off(worker)
+
+    ran = batches(calls.items)
+    assert ran == [ids[: dropper + 1], ids]
+    assert stats.as_dict() == {"completed": 3, "retried": 0, "failed": 0}
+    assert result_ids(conn) == ids
+    assert [get(conn, job_id).attempts for job_id in ids] == [1, 1, 1]
+    warned = [r.getMessage().split(":")[0] for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [f"jobs {', '.join(map(str, ids))} run again"]
 
 
 # -- a failure at COMMIT --------------------------------------------------------------------

@@ -105,10 +105,13 @@ def test_a_claim_whose_prepared_statement_was_dropped_is_prepared_again(conn, ca
     assert (stats.completed, stats.failed, stats.retried) == (20, 0, 0)
     assert result_ids(conn) == ids
     assert scalar(conn, "SELECT max(attempts) FROM pgqueue.jobs") == 1
-    # Job 1 dropped its own completion: it ran again; from then on the completion is unnamed.
+    # Job 1 dropped its own completion: it ran again; from then on the commit's statements
+    # (RELEASE, the completion, COMMIT) are unnamed.
     assert runs == [0, 1, 1, *range(2, 20)]
-    both, claim = {"pgqueue_claim_", "pgqueue_complete_"}, {"pgqueue_claim_"}
-    assert prepared == [both, both, claim, *[claim] * 18]  # the claim there at each claim
+    # The claim's first round trip prepares the claim, BEGIN and SAVEPOINT again each time.
+    claim = {"pgqueue_claim_", "pgqueue_begin_", "pgqueue_savepoint_"}
+    every = {*claim, "pgqueue_complete_", "pgqueue_release_", "pgqueue_commit_"}
+    assert prepared == [every, every, claim, *[claim] * 18]
     warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.getMessage().split(":")[0] for r in warned] == [f"jobs {ids[1]} run again"]
 
