@@ -185,8 +185,11 @@ class ClaimRunner:
                 # Only a job that another follows needs to know (the default mode: never).
                 traffic = Traffic(conn) if job is not jobs[-1] else None
                 try:
-                    with traffic or contextlib.nullcontext():
+                    if traffic is None:
                         error, result = self._run_handler(conn, job)
+                    else:
+                        with traffic:
+                            error, result = self._run_handler(conn, job)
                 finally:
                     if watch is not None and self._supervisor.disarm(watch):
                         self._abandon(conn, job)
@@ -300,18 +303,22 @@ class ClaimRunner:
         span = _tracing.run_span(job)  # None unless a tracer provider is set
         started = time.monotonic()
         try:
-            with contextlib.nullcontext() if span is None else span:
+            if span is None:
+                try:
+                    return None, handler(conn, job)
+                except Exception as exc:
+                    return handler_error(
+                        exc, self._timeout_of(job), time.monotonic() - started
+                    ), None
+            with span:
                 try:
                     value = handler(conn, job)
                 except Exception as exc:
-                    if span is not None:
-                        span.record(exc)
+                    span.record(exc)
                     error = handler_error(exc, self._timeout_of(job), time.monotonic() - started)
-                    if span is not None:
-                        span.finish(error)
+                    span.finish(error)
                     return error, None
-                if span is not None:
-                    span.finish(None)
+                span.finish(None)
                 return None, value
         finally:
             if metrics is not None:
@@ -382,6 +389,9 @@ def outcomes(
     done: list[tuple[JobRecord, str | None]], failed: list[tuple[JobRecord, str]]
 ) -> list[Statement]:
     """The statements that record a claim's outcomes: completions, then one per failure."""
+    if not failed and len(done) == 1 and is_plain(done[0][0]):  # the usual claim
+        job, result = done[0]
+        return [Statement(COMPLETE_ONE.sql, (job.id, result), COMPLETE_ONE.prepared_as)]
     now = datetime.now(UTC)
     plain = [(job, result) for job, result in done if is_plain(job)]
     others = [(job, result) for job, result in done if not is_plain(job)]

@@ -68,8 +68,11 @@ class JobRecord:
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         """Build a record from a row selected as ``_queries.JOB_COLUMNS``."""
         values = list(row)
-        values[5] = JobStatus(values[5])
+        values[5] = _STATUSES[values[5]]  # a dict lookup: JobStatus(...) runs Enum's Python code
         return cls(*values)
+
+
+_STATUSES: dict[str, JobStatus] = {status.value: status for status in JobStatus}
 
 
 class WorkerStats:

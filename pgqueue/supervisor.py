@@ -41,7 +41,7 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -119,7 +119,7 @@ class StartsQueue:
     def batch_for(self, starts: Starts) -> list[Starts]:
         """What the sender of ``starts`` sends, once it has the side connection: every start
         queued, ``starts`` among them; none when another sender has sent ``starts`` already
-        (OperationalError when that failed). Send them inside :func:`sending`."""
+        (OperationalError when that failed). Send them inside :class:`Sending`."""
         if starts.sent:
             if starts.error is not None:
                 raise psycopg.OperationalError(
@@ -131,17 +131,20 @@ class StartsQueue:
         return batch
 
 
-@contextlib.contextmanager
-def sending(batch: Sequence[Starts]) -> Iterator[None]:
-    """Mark ``batch`` sent once the block is over, with the error it raised, if any."""
-    try:
-        yield
-    except BaseException as exc:
-        for starts in batch:
-            starts.error = exc
-        raise
-    finally:
-        for starts in batch:
+class Sending:
+    """Mark ``batch`` sent once the block is over, with the error it raised, if any. (A class:
+    contextlib's generator-based kind costs three more Python calls, once per claim.)"""
+
+    def __init__(self, batch: Sequence[Starts]) -> None:
+        self._batch = batch
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        for starts in self._batch:
+            if exc is not None:
+                starts.error = exc
             starts.sent = True
 
 
@@ -162,7 +165,10 @@ class _Process:
     """The claims running in this process (every worker of it) and its quarantine."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        #: Held around every change; ``cond`` (on it) waits for the quarantine. Taken as a lock,
+        #: not through the condition, whose ``with`` runs Python code, twice per claim.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.claims: dict[int, _Claim] = {}
         self.exclusive: int | None = None
         #: Tells this process's starts from another's: pids are reused.
@@ -296,7 +302,7 @@ class Supervisor:
         sent; the claim is then not registered. Pair with :meth:`end_claim`.
         """
         process = _process
-        with process.cond:
+        with process.lock:
             while process.exclusive is not None:
                 process.cond.wait()
             if not leased and len(jobs) == 1 and jobs[0].crashes > 0:
@@ -321,7 +327,7 @@ class Supervisor:
         if job.crashes > 0:
             return False
         process = _process
-        with process.cond:
+        with process.lock:
             if process.exclusive is not None:
                 return False
             process.claims[token] = _Claim([job.id], leased=False)
@@ -335,7 +341,7 @@ class Supervisor:
         with self._side_lock:
             batch = self._queued.batch_for(starts)
             if batch:
-                with sending(batch):
+                with Sending(batch):
                     self._send(q.START_JOBS, self.start_params(batch))
 
     def has_finished(self) -> bool:
@@ -350,16 +356,17 @@ class Supervisor:
         with self._queue_lock:
             done, self._done = self._done, []
         rows = [(job, starts) for starts in batch for job in starts.jobs]
+        # List comprehensions, not generators: Python runs them inline, without a frame each.
         return [
-            _ints(job.id for job, _ in rows),
-            _ints(job.attempts for job, _ in rows),
-            _array(_timestamp(next_run(job, now)) for job, _ in rows),
+            _ints([job.id for job, _ in rows]),
+            _ints([job.attempts for job, _ in rows]),
+            _array([_timestamp(next_run(job, now)) for job, _ in rows]),
             self.worker_id.encode(),
             str(_process.id).encode(),
-            _ints(starts.token for _, starts in rows),
-            _ints(job_id for job_id, _ in done),
-            _ints(claim for _, claim in done),
-            _array("t" if len(starts.jobs) > 1 else "f" for _, starts in rows),
+            _ints([starts.token for _, starts in rows]),
+            _ints([job_id for job_id, _ in done]),
+            _ints([claim for _, claim in done]),
+            _array(["t" if len(starts.jobs) > 1 else "f" for _, starts in rows]),
         ]
 
     def end_claim(self, token: int, *, finished: Sequence[int] = ()) -> None:
@@ -367,13 +374,16 @@ class Supervisor:
         ``finished``: its jobs whose outcome was recorded (their start records can go)."""
         if finished:
             with self._queue_lock:
-                self._done.extend((job_id, token) for job_id in finished)
+                self._done.extend([(job_id, token) for job_id in finished])
         process = _process
-        with process.cond:
+        with process.lock:
             process.claims.pop(token, None)
-            if process.exclusive == token:
-                process.exclusive = None
-            process.cond.notify_all()
+            # Only a quarantine waits on the condition: its claim, for the others to end, and
+            # the others, for it to end.
+            if process.exclusive is not None:
+                if process.exclusive == token:
+                    process.exclusive = None
+                process.cond.notify_all()
 
     def forget_starts(self, ids: Sequence[int], token: int) -> None:
         """Forget the starts of a claim given up on purpose (best effort: logged on failure)."""

@@ -24,6 +24,7 @@ from ..errors import ConnectError
 from ..records import JobRecord
 from ..supervisor import (
     SIDE_REPLY_TIMEOUT,
+    Sending,
     Starts,
     StartsQueue,
     Supervisor,
@@ -31,7 +32,6 @@ from ..supervisor import (
     first_line,
     read_side,
     send_side,
-    sending,
     to_record,
 )
 
@@ -95,7 +95,7 @@ class AsyncStarts:
         async with self._lock:
             batch = self._queued.batch_for(starts)
             if batch:
-                with sending(batch):
+                with Sending(batch):
                     await self._send(self._supervisor.start_params(batch))
 
     async def _send(self, params: list[bytes | None]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import psycopg.types.json
 import pytest
 
 from pgqueue import _wire
@@ -151,3 +152,39 @@ def test_a_claim_ahead_does_not_run_after_a_failed_commit(conn, tx):
     assert in_transaction(conn) == "IDLE"
     assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
     assert one_transaction(tx, 1) == 2
+
+
+JSONB = [
+    '{"a": [1, 2.5, "\\u00e9\\n\\"x\\"", null, true, {"b": {}}]}',
+    '"a string"',
+    "null",
+    "[]",
+    "12345678901234567890",
+    "-1.5e-7",
+    '{"nested": {"deep": [[[]]]}, "emoji": "\\ud83d\\ude00"}',
+]
+
+
+def test_claimed_rows_load_jsonb_as_psycopg_does(conn):
+    # The claim's rows read jsonb with the JSON scanner directly (less Python per job): the
+    # same values as psycopg's own loader gives, SQL NULL and JSON null alike.
+    sql = "SELECT " + ", ".join("%s::jsonb" for _ in JSONB) + ", NULL::jsonb"
+    expected = conn.execute(sql, JSONB, prepare=False).fetchone()
+    assert _wire._adapters(conn) is not conn  # the scanner's path is the one under test
+    tx = ClaimTransaction(conn, prepare=True)
+    result = conn.pgconn.exec_params(
+        (
+            "SELECT " + ", ".join(f"${i + 1}::jsonb" for i in range(len(JSONB))) + ", NULL::jsonb"
+        ).encode(),
+        [value.encode() for value in JSONB],
+    )
+    assert tx.rows(result) == [expected]
+    assert expected[-2]["emoji"] == "\U0001f600"
+
+
+def test_a_connection_with_a_json_loader_of_its_own_keeps_it(conn):
+    psycopg.types.json.set_json_loads(lambda data: ("mine", data), conn)
+    assert _wire._adapters(conn) is conn
+    tx = ClaimTransaction(conn, prepare=True)
+    result = conn.pgconn.exec_params(b"SELECT '[1]'::jsonb", None)
+    assert tx.rows(result) == [(("mine", b"[1]"),)]
