@@ -251,23 +251,13 @@ class _Claims:
         try:
             # Per command sent, in order: (its statement's name or None, whether a Parse).
             commands: list[tuple[bytes | None, bool]] = []
-            prepared, unnamed = self._prepared, not self._prepare
-            # _named's and send_statement's work written out: once per statement of every trip.
-            for sql, params, prepared_as in statements:
-                name = prepared_as
-                if name is not None and (
-                    unnamed or name in self._dropped or (later is None and name not in prepared)
-                ):
+            for statement in statements:
+                name = self._named(statement)
+                if later is None and name not in self._prepared:
                     name = None
-                values = self._dump(params) if params else None
-                if name is None:
-                    pgconn.send_query_params(sql, values)
-                else:
-                    if name not in prepared:
-                        pgconn.send_prepare(name, sql)
-                        prepared.add(name)
-                        commands.append((name, True))
-                    pgconn.send_query_prepared(name, values)
+                values = self._dump(statement.params) if statement.params else None
+                if send_statement(pgconn, statement.sql, values, name, self._prepared):
+                    commands.append((name, True))
                 commands.append((name, False))
             for statement in later or ():
                 name = self._named(statement)

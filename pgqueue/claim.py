@@ -389,16 +389,13 @@ def outcomes(
     done: list[tuple[JobRecord, str | None]], failed: list[tuple[JobRecord, str]]
 ) -> list[Statement]:
     """The statements that record a claim's outcomes: completions, then one per failure."""
-    if not failed and len(done) == 1 and is_plain(done[0][0]):  # the usual claim
-        job, result = done[0]
-        return [Statement(COMPLETE_ONE.sql, (job.id, result), COMPLETE_ONE.prepared_as)]
     now = datetime.now(UTC)
     plain = [(job, result) for job, result in done if is_plain(job)]
     others = [(job, result) for job, result in done if not is_plain(job)]
     statements = []
     if len(plain) == 1:
         ((job, result),) = plain
-        statements.append(COMPLETE_ONE._replace(params=(job.id, result)))
+        statements.append(Statement(COMPLETE_ONE.sql, (job.id, result), COMPLETE_ONE.prepared_as))
     elif plain:
         statements.append(
             Statement(
