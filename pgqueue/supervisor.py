@@ -334,11 +334,17 @@ class Supervisor:
         return True
 
     def _record_starts(self, starts: Starts) -> None:
-        """Send ``starts``, along with those of the other slots' claims queued meanwhile: while
-        one slot waits for the side connection, the others' starts gather, and the next
-        sender sends them all in one statement. Returns once they are sent."""
+        """Send ``starts``, along with those of the other slots' claims queued meanwhile: the
+        sender waits for the reply of the statement in flight, if any, then sends every start
+        queued by then in one statement (the others find theirs sent). Returns once they are
+        sent."""
         self._queued.put(starts)
         with self._side_lock:
+            if not starts.sent and self._unread and self._side is not None:
+                try:
+                    self._drain(self._side)
+                except (psycopg.OperationalError, OSError):
+                    self._close_side()  # _send connects anew
             batch = self._queued.batch_for(starts)
             if batch:
                 with Sending(batch):

@@ -90,9 +90,15 @@ class AsyncStarts:
             await self._close_conn()
 
     async def _record(self, starts: Starts) -> None:
-        """Send ``starts`` and those queued meanwhile, in one statement; returns once sent."""
+        """Send ``starts`` and those queued meanwhile, in one statement, after the reply of the
+        statement in flight (see Supervisor._record_starts); returns once sent."""
         self._queued.put(starts)
         async with self._lock:
+            if not starts.sent and self._unread and self._conn is not None:
+                try:
+                    await self._drain(self._conn)
+                except (psycopg.OperationalError, OSError):
+                    await self._close_conn()  # _send connects anew
             batch = self._queued.batch_for(starts)
             if batch:
                 with Sending(batch):

@@ -302,14 +302,8 @@ def test_a_crashed_job_behind_a_fresh_one_is_blamed_and_runs_alone(
     assert conn.execute("SELECT count(*) FROM pgqueue.job_starts").fetchone() == (0,)
 
 
-def test_the_start_records_of_slots_waiting_for_the_side_connection_go_in_one_statement(
-    conn: psycopg.Connection[Any], dsn: str
-) -> None:
-    """Claims whose starts queue up while the side connection is busy are recorded together,
-    each with its own token and its own shared flag (a claim of one job is not shared)."""
-    ids = pgqueue.add_jobs_to_queue(conn, [{"name": "w"} for _ in range(4)])
-    jobs = [pgqueue.get_job(conn, job_id) for job_id in ids]
-    assert all(job is not None for job in jobs)
+def counting_supervisor(dsn: str) -> tuple[Supervisor, list[int]]:
+    """A supervisor and, as it sends start statements, the number of starts in each."""
     supervisor = Supervisor(
         lambda: psycopg.connect(dsn, autocommit=True),
         worker_id="test:1",
@@ -323,6 +317,18 @@ def test_the_start_records_of_slots_waiting_for_the_side_connection_go_in_one_st
         send(query, params)
 
     supervisor._send = counting_send  # type: ignore[method-assign]
+    return supervisor, sends
+
+
+def test_the_start_records_of_slots_waiting_for_the_side_connection_go_in_one_statement(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Claims whose starts queue up while the side connection is busy are recorded together,
+    each with its own token and its own shared flag (a claim of one job is not shared)."""
+    ids = pgqueue.add_jobs_to_queue(conn, [{"name": "w"} for _ in range(4)])
+    jobs = [pgqueue.get_job(conn, job_id) for job_id in ids]
+    assert all(job is not None for job in jobs)
+    supervisor, sends = counting_supervisor(dsn)
     claims = [([jobs[0]], 101), ([jobs[1]], 102), ([jobs[2], jobs[3]], 103)]
     with supervisor._side_lock:  # the side connection is busy
         threads = [threading.Thread(target=supervisor.start_claim, args=claim) for claim in claims]
@@ -345,6 +351,48 @@ def test_the_start_records_of_slots_waiting_for_the_side_connection_go_in_one_st
             (ids[2], 103, True),
             (ids[3], 103, True),
         ]
+    finally:
+        for token in (101, 102, 103):
+            supervisor.end_claim(token)
+        supervisor.stop()
+
+
+def test_starts_queued_while_a_start_statement_is_unanswered_go_with_the_next_one(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """A slot that finds the side connection's last statement unanswered waits for its reply
+    before it takes the queued starts: those queued meanwhile go in its statement (one
+    transaction), not in one each after it."""
+    ids = pgqueue.add_jobs_to_queue(conn, [{"name": "w"} for _ in range(3)])
+    jobs = [pgqueue.get_job(conn, job_id) for job_id in ids]
+    supervisor, sends = counting_supervisor(dsn)
+
+    def wait_queued(count: int) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while len(supervisor._queued) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    threads = [
+        threading.Thread(target=supervisor.start_claim, args=([job], token))
+        for job, token in zip(jobs[1:], (102, 103), strict=True)
+    ]
+    try:
+        with psycopg.connect(dsn) as blocker:
+            # The first start's statement is sent and waits for the table: unanswered.
+            blocker.execute("LOCK TABLE pgqueue.job_starts IN EXCLUSIVE MODE")
+            supervisor.start_claim([jobs[0]], 101)
+            for count, thread in enumerate(threads, start=1):
+                thread.start()
+                wait_queued(count)
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert sends == [1, 2]
+        supervisor._call(q.FORGET_STARTS, [b"{}", b"0"])  # waits for the replies
+        rows = conn.execute(
+            "SELECT token, xmin::text FROM pgqueue.job_starts ORDER BY token"
+        ).fetchall()
+        assert [token for token, _ in rows] == [101, 102, 103]
+        assert rows[1][1] == rows[2][1] != rows[0][1]
     finally:
         for token in (101, 102, 103):
             supervisor.end_claim(token)
