@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, TypeAlias
+from contextlib import AbstractContextManager
+from typing import Any, Final, Literal, TypeAlias
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -39,55 +39,67 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         raise ConnectError(f"could not connect to {describe_dsn(dsn)}: {first}") from exc
 
 
-@contextlib.contextmanager
-def connection(sql: SqlTarget) -> Iterator[psycopg.Connection[Any]]:
-    """Yield a connection from a Connection (as is) or a ConnectionPool (checked out).
+def connection(sql: SqlTarget) -> AbstractContextManager[psycopg.Connection[Any]]:
+    """A context manager giving a connection: a Connection as is, or one checked out of a
+    ConnectionPool.
 
     On a Connection, statements join whatever transaction the caller has open;
     a pool connection commits when the block ends.
     """
     if isinstance(sql, psycopg.Connection):
-        yield sql
-    elif isinstance(sql, ConnectionPool):
-        with sql.connection() as conn:
-            yield conn
-    else:
-        raise ConfigurationError(
-            "expected a psycopg Connection or a psycopg_pool ConnectionPool, "
-            f"got {type(sql).__name__}"
-        )
+        return contextlib.nullcontext(sql)
+    if isinstance(sql, ConnectionPool):
+        return sql.connection()
+    raise ConfigurationError(
+        f"expected a psycopg Connection or a psycopg_pool ConnectionPool, got {type(sql).__name__}"
+    )
 
 
-@contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn the psycopg errors that mean something to pgqueue into pgqueue errors."""
-    try:
-        yield
-    except (
-        pg_errors.UndefinedFunction,
-        pg_errors.UndefinedTable,
-        pg_errors.InvalidSchemaName,
-    ) as exc:
+def _translated(exc: BaseException) -> Exception | None:
+    """The pgqueue error that a psycopg error means, or None when it keeps its own type."""
+    if isinstance(
+        exc, (pg_errors.UndefinedFunction, pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
+    ):
         if "pgqueue" not in str(exc):
-            raise
-        raise SchemaNotMigratedError(
+            return None
+        return SchemaNotMigratedError(
             "pgqueue's schema is missing or out of date in this database: run `pgqueue migrate` "
             f"(or pgqueue.migrate(conn)); the server said: {str(exc).splitlines()[0]}"
-        ) from exc
-    except psycopg.DataError as exc:
+        )
+    if isinstance(exc, psycopg.DataError):
         # A value the server refused (out of range, bad encoding): the
         # statement failed as a whole, so nothing was written.
-        raise InvalidJobError(
-            f"the database refused the value: {str(exc).splitlines()[0]}"
-        ) from exc
-    except psycopg.OperationalError as exc:
+        return InvalidJobError(f"the database refused the value: {str(exc).splitlines()[0]}")
+    if isinstance(exc, psycopg.OperationalError):
         if exc.sqlstate and exc.sqlstate.startswith("54"):
             # Program limit exceeded (an index row too large, say): the value.
-            raise InvalidJobError(
-                f"the database refused the value: {str(exc).splitlines()[0]}"
-            ) from exc
+            return InvalidJobError(f"the database refused the value: {str(exc).splitlines()[0]}")
         # Only connection-level failures (no SQLSTATE, class 08, or an
         # administrator shutdown); other server errors keep their type.
         if exc.sqlstate is not None and not exc.sqlstate.startswith(("08", "57P")):
-            raise
-        raise ConnectError(f"database connection failed: {str(exc).strip()}") from exc
+            return None
+        return ConnectError(f"database connection failed: {str(exc).strip()}")
+    return None
+
+
+class _TranslateErrors:
+    """See :func:`translate_errors`. (A class: contextlib's generator-based kind costs three
+    more Python calls, and every enqueue goes through two.)"""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> Literal[False]:
+        translated = None if exc is None else _translated(exc)
+        if translated is None:
+            return False
+        raise translated from exc
+
+
+_TRANSLATE_ERRORS: Final = _TranslateErrors()
+
+
+def translate_errors() -> _TranslateErrors:
+    """Turn the psycopg errors that mean something to pgqueue into pgqueue errors (a context
+    manager)."""
+    return _TRANSLATE_ERRORS
