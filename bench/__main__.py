@@ -19,7 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import ceiling, charts, drain, enqueue, floor, latency, memory, peers, report, scale
+from . import (
+    ceiling,
+    charts,
+    drain,
+    enqueue,
+    floor,
+    latency,
+    memory,
+    paired,
+    peers,
+    report,
+    scale,
+)
 from .plan import Plan, make_plan
 from .server import Server, embedded_server, given_server, machine_info
 
@@ -31,6 +43,7 @@ SCENARIOS: dict[str, Callable[[Server, Plan, Any], dict[str, Any]]] = {
     "ceiling": ceiling.run,
     "floor": floor.run,
     "peers": peers.run,
+    "paired": paired.run,
     "memory": memory.run,
 }
 
@@ -124,6 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 if name == "peers":
                     data = peers.run(server, plan, _log, peer_names)
+                elif name == "paired":
+                    data = paired.run(server, plan, _log, results["scenarios"].get("peers"))
                 elif name == "memory":
                     left = plan.time_budget - (time.perf_counter() - started) - 10
                     cap = max(15.0, min(plan.memory_cap, left))

@@ -55,7 +55,8 @@ _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 _TRANSACTIONS = re.compile(r"number of transactions actually processed: (\d+)")
 
 
-def _prepare(dsn: str, rows: int) -> None:
+def prepare(dsn: str, rows: int) -> None:
+    """The ceiling's table in ``dsn``, with ``rows`` due jobs, indexed and analyzed."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(_CREATE)
         conn.execute(_LOAD, (rows,))
@@ -131,7 +132,7 @@ def run(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
         for batch in plan.ceiling_batches:
             per_client: dict[str, Any] = {}
             for clients in plan.ceiling_clients:
-                _prepare(dsn, plan.ceiling_rows[batch])
+                prepare(dsn, plan.ceiling_rows[batch])
                 measured = run_pgbench(
                     pgbench,
                     dsn,

@@ -5,7 +5,8 @@
 that fails records its error and the others still run). Steps: enqueue one
 job per transaction, the bulk API, drain at each concurrency (the same
 backlog as pgqueue's drain; each step stops at a time cap and reports the rate
-so far), and idle enqueue-to-start latency.
+so far), and idle enqueue-to-start latency; a config with ``steps`` (a list of step names) runs
+only those.
 """
 
 from __future__ import annotations
@@ -176,6 +177,8 @@ class Runner:
             for c in self.config["concurrency"]:
                 steps.append((f"drain_{c}", functools.partial(self.drain, int(c))))
             steps.append(("latency", self.latency))
+            if self.config.get("steps"):
+                steps = [step for step in steps if step[0] in self.config["steps"]]
             for key, step in steps:
                 try:
                     result[key] = await step()

@@ -41,8 +41,12 @@ def _pump(stream: IO[str], lines: list[str], log: Any) -> None:
             log("  " + line[len("PROGRESS") :].strip())
 
 
-def run_one(server: Server, peer: str, plan: Plan, log: Any) -> dict[str, Any]:
-    """One peer in a subprocess with a timeout; its RESULT line, or why there is none."""
+def run_one(
+    server: Server, peer: str, plan: Plan, log: Any, *, steps: list[str] | None = None
+) -> dict[str, Any]:
+    """One peer in a subprocess with a timeout (only ``steps``, if given): its RESULT line, or why
+    there is none."""
+    config = peer_config(plan) | ({"steps": steps} if steps else {})
     with server.database(f"peer_{peer}", pgqueue_schema=False) as dsn:
         command = [
             sys.executable,
@@ -52,7 +56,7 @@ def run_one(server: Server, peer: str, plan: Plan, log: Any) -> dict[str, Any]:
             "--dsn",
             dsn,
             "--config",
-            json.dumps(peer_config(plan)),
+            json.dumps(config),
         ]
         started = time.perf_counter()
         child = subprocess.Popen(

@@ -288,6 +288,51 @@ def _peers(s: dict[str, Any], results: dict[str, Any]) -> str:
     return text
 
 
+def _paired(s: dict[str, Any]) -> str:
+    data: Any = s.get("paired")
+    if _err(data):
+        return f"Not measured: {_err(data)}"
+    rows = []
+    for key, value in data.items():
+        if not key.startswith("threads_"):
+            continue
+        threads = key.replace("threads_", "")
+        for i, r in enumerate(value["rounds"], 1):
+            rows.append(
+                [
+                    threads,
+                    str(i),
+                    " → ".join(value["peer"] if part == "peer" else part for part in r["order"]),
+                    _rate(r["ceiling"]),
+                    _rate(r["pgqueue"]),
+                    f"{value['peer']} {_rate(r['peer'])}",
+                    _x(r["to_ceiling"]),
+                    _x(r["to_peer"]),
+                ]
+            )
+        rows.append(
+            [
+                threads,
+                "median",
+                "",
+                _rate(value["ceiling"]),
+                _rate(value["pgqueue"]),
+                f"{value['peer']} {_rate(value['peer_rate'])}",
+                f"**{_x(value['to_ceiling'])}**",
+                f"**{_x(value['to_peer'])}**",
+            ]
+        )
+    header = ["Threads", "Round", "Order", "Ceiling (1 job/tx)", "pgqueue", "Peer", "/ ceiling"]
+    return (
+        _table([*header, "/ peer"], rows)
+        + f"\n\nEach round runs the pgbench 1-job ceiling ({data['seconds']} s at as many clients"
+        f" as threads), pgqueue's default-mode drain ({data['jobs']:,} jobs) and the best peer of"
+        " scenario 6 at the same concurrency, back to back, the order reversed every other round."
+        " The ratios are per round; the targets read their median. Scenarios 2, 5 and 6 measure"
+        " the same things minutes apart, and these machines drift by up to 30% within an hour."
+    )
+
+
 def _memory(s: dict[str, Any]) -> str:
     data: Any = s.get("memory")
     if _err(data):
@@ -344,6 +389,8 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
         _peers(s, results),
         "## 7. Worker memory",
         _memory(s),
+        "## 8. Side by side (ceiling, pgqueue and the best peer, back to back)",
+        _paired(s),
     ]
     if charts:
         parts.append("## Charts")

