@@ -12,11 +12,12 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import psycopg
 import pytest
-from worker_helpers import Calls, running, status, wait_until
+from worker_helpers import Calls, running, scalar, status, wait_until
 
 import pgqueue
 from pgqueue import _wire, aio
@@ -34,7 +35,10 @@ def job_state(conn: psycopg.Connection[Any], job_id: int) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("flavour", ["threads", "asyncio"])
-def test_a_job_takes_one_round_trip_while_jobs_keep_coming(dsn, conn, round_trips, flavour):
+def test_a_job_takes_one_round_trip_while_jobs_keep_coming(
+    dsn, conn, round_trips, flavour, monkeypatch
+):
+    monkeypatch.setattr(_wire, "STATS_EVERY", 3600.0)  # a slow machine's pause changes nothing
     ids = pgqueue.add_jobs_to_queue(conn, [{"name": "quick", "data": i} for i in range(3)])
     seen: list[int] = []
     if flavour == "threads":
@@ -51,6 +55,21 @@ def test_a_job_takes_one_round_trip_while_jobs_keep_coming(dsn, conn, round_trip
     # empty claim's COMMIT. Two round trips per job before: 8.
     assert len(round_trips) == 5
     assert [job_state(conn, i)[:3] for i in ids] == [("completed", 1, 0)] * 3
+
+
+def test_a_busy_slot_lets_autovacuum_see_the_jobs_it_completed(dsn, conn):
+    """A backend hands its table statistics over only while it waits outside a transaction.
+    A slot that sent every next claim with its commit never left it there while a backlog
+    lasted: autovacuum never saw the rows its jobs left dead. Now a commit at least every
+    STATS_EVERY seconds goes without its claim ahead."""
+    pgqueue.add_jobs_to_queue(conn, [{"name": "slow"}] * 3000)
+    query = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'pgqueue.jobs'::regclass"
+    before = scalar(conn, query)
+    worker = pgqueue.JobQueueWorker(dsn, handler=lambda c, job: time.sleep(0.002))
+    with running(worker):
+        wait_until(lambda: scalar(conn, query) > before, what="completed jobs in the statistics")
+        pending = scalar(conn, "SELECT count(*) FROM pgqueue.jobs WHERE status = 'pending'")
+    assert pending > 0  # seen while the slot was still busy, not once it ran out of jobs
 
 
 def test_a_claim_ahead_is_let_go_when_the_worker_stops(dsn, conn, monkeypatch):

@@ -42,8 +42,9 @@ def one_transaction(tx: ClaimTransaction, value: int) -> int:
 
 
 @pytest.fixture
-def tx(conn: psycopg.Connection[Any]) -> ClaimTransaction:
+def tx(conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> ClaimTransaction:
     conn.autocommit = True
+    monkeypatch.setattr(_wire, "STATS_EVERY", 3600.0)  # claims ahead go, however slow the machine
     return ClaimTransaction(conn, prepare=True)
 
 
@@ -118,6 +119,21 @@ def test_a_claim_sent_ahead_with_a_commit_is_taken_by_the_next_begin(conn, tx, r
     assert round_trips == [2, 4]  # BEGIN + claim; LATER + COMMIT + BEGIN + XID
     tx.commit([])
     assert in_transaction(conn) == "IDLE"
+
+
+def test_a_commit_a_second_after_the_last_pause_sends_no_claim_ahead(
+    conn, tx, round_trips, monkeypatch
+):
+    monkeypatch.setattr(_wire, "STATS_EVERY", 0.0)  # every commit is due for its pause
+    tx.begin([CLAIM], later=[LATER])
+    (result,) = tx.commit([later(1)], ahead=[XID])
+    assert tx.rows(result) == [(2,)]
+    # The server waits outside a transaction (where it hands its statistics over).
+    assert in_transaction(conn) == "IDLE"
+    (xid,) = tx.begin([XID], later=[LATER])
+    assert tx.rows(xid)[0][0] == conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+    assert round_trips == [2, 2, 2]  # BEGIN + claim; LATER + COMMIT; BEGIN + XID
+    tx.commit([])
 
 
 def test_a_begin_with_other_statements_rolls_the_claim_ahead_back(conn, tx, round_trips):
