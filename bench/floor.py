@@ -8,7 +8,9 @@ measures that shape with nothing else: threads in one process, each on its own
 connection, sending through libpq directly (pipeline mode, one write per round
 trip, as pgqueue does) BEGIN + a minimal ``FOR UPDATE SKIP LOCKED`` claim +
 SAVEPOINT once, then RELEASE SAVEPOINT + an UPDATE to completed + COMMIT + the
-next BEGIN, claim and SAVEPOINT, on pgqueue's own table (the UPDATE outside the
+next BEGIN, claim and SAVEPOINT (at least once a second without the next claim, which
+then goes in a round trip of its own, as pgqueue does so that autovacuum sees the work),
+on pgqueue's own table (the UPDATE outside the
 savepoint, as pgqueue does: inside it, Postgres makes a MultiXact per job and
 the claims slow down as they walk index entries no scan can mark dead). No start records, no handler call, no job
 record: what is left between this floor and the pgbench ceiling is Python and
@@ -27,6 +29,8 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import pq
+
+from pgqueue._wire import STATS_EVERY
 
 from .loading import bulk_enqueue, pending_count, vacuum_analyze
 from .plan import Plan
@@ -84,6 +88,7 @@ def _slot(dsn: str, batch: int, done: list[int]) -> None:
         count = 0
         claiming = [(b"BEGIN", None), (b"floor_claim", None), (b"SAVEPOINT s", None)]
         claim = _trip(pgconn, claiming)[1]
+        paused = time.monotonic()
         while True:
             ids = [claim.get_value(row, 0) for row in range(claim.ntuples)]
             if not ids:
@@ -91,7 +96,12 @@ def _slot(dsn: str, batch: int, done: list[int]) -> None:
                 break
             array = b"{" + b",".join(i or b"" for i in ids) + b"}"
             complete = [(b"RELEASE SAVEPOINT s", None), (b"floor_done", [array]), (b"COMMIT", None)]
-            claim = _trip(pgconn, [*complete, *claiming])[4]
+            if time.monotonic() - paused >= STATS_EVERY:  # as pgqueue._wire's commit does
+                _trip(pgconn, complete)
+                claim = _trip(pgconn, claiming)[1]
+                paused = time.monotonic()
+            else:
+                claim = _trip(pgconn, [*complete, *claiming])[4]
             count += len(ids)
         done.append(count)
 
