@@ -41,12 +41,12 @@ def _ceiling(server: Server, pgbench: Path, plan: Plan, concurrency: int) -> flo
     ):
         script = Path(tmp) / "dequeue.sql"
         script.write_text(ceiling.SCRIPT)
-        ceiling.prepare(dsn, plan.paired_ceiling_rows)
+        ceiling.prepare(dsn, plan.ceiling_rows[1])
         measured = ceiling.run_pgbench(
-            pgbench, dsn, script, clients=concurrency, batch=1, seconds=plan.paired_seconds
+            pgbench, dsn, script, clients=concurrency, batch=1, seconds=plan.ceiling_seconds
         )
     if measured["ran_dry"]:
-        raise RuntimeError("the paired ceiling ran dry: preload more rows")
+        raise RuntimeError("the ceiling ran dry: preload more rows")
     return float(measured["jobs_per_s"])
 
 
@@ -99,7 +99,7 @@ def run(
                 f"{rates['to_ceiling']:.2f} of the ceiling, {rates['to_peer']:.2f}x {name}"
             )
     result: dict[str, Any] = {
-        "seconds": plan.paired_seconds,
+        "seconds": plan.ceiling_seconds,
         "jobs": plan.drain_jobs,
         "note": "per round: pgbench 1-job ceiling, pgqueue default mode, peer drain, back to back "
         "(the order reversed every other round); ratios per round, median reported",

@@ -54,10 +54,8 @@ class Plan:
     peer_step_cap: float = 15.0
     #: A peer's whole run is killed after this many seconds.
     peer_timeout: float = 240.0
-    # 8. side by side: ceiling, pgqueue and the best peer back to back, per round
+    # 8. side by side: scenario 5's 1-job ceiling, pgqueue and the best peer back to back
     paired_concurrency: tuple[int, ...] = (4, 16)
-    paired_seconds: int = 10
-    paired_ceiling_rows: int = 150_000
     # 7. memory
     memory_jobs: int = 1_000_000
     memory_threads: int = 4
@@ -91,8 +89,6 @@ def make_plan(quick: bool) -> Plan:
         ceiling_seconds=5,
         ceiling_rows={1: 100_000, 50: 400_000},
         paired_concurrency=(4,),
-        paired_seconds=4,
-        paired_ceiling_rows=60_000,
         peer_single=1_000,
         peer_bulk=20_000,
         peer_drain=5_000,
