@@ -41,7 +41,7 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -236,16 +236,13 @@ class Supervisor:
         prepare: bool = True,
     ) -> None:
         self._connect = connect
-        self._prepare = prepare
         self.worker_id = worker_id
         self._on_orphan = on_orphan
         self.lease = lease
-        # The side connection: statements in flight (syncs not read yet).
+        # The side connection, and what it owes and has prepared.
         self._side_lock = threading.Lock()
         self._side: psycopg.Connection[Any] | None = None
-        self._unread = 0
-        # The statements prepared on the side connection (by the name they are prepared as).
-        self._prepared: set[bytes] = set()
+        self._wire = SideWire(prepare=prepare)
         # Claims whose start records wait for the side connection (see _record_starts).
         self._queued = StartsQueue()
         # Attempts finished since the last start record sent: (job id, claim token). Not under
@@ -340,7 +337,7 @@ class Supervisor:
         sent."""
         self._queued.put(starts)
         with self._side_lock:
-            if not starts.sent and self._unread and self._side is not None:
+            if not starts.sent and self._wire.unread and self._side is not None:
                 try:
                     self._drain(self._side)
                 except (psycopg.OperationalError, OSError):
@@ -413,9 +410,7 @@ class Supervisor:
 
     def _send(self, query: bytes, params: Sequence[bytes | None]) -> None:
         """Send a statement and a sync on the side connection (side lock held), once more on
-        a new connection if the old one is gone. Waits for the replies of the statements
-        sent before first: if the process dies, Postgres runs a statement it has received
-        only when it owes no earlier reply (see the module docstring)."""
+        a new connection if the old one is gone (see SideWire.send)."""
         for retry in (False, True):
             try:
                 if self._side is None or self._side.closed or self._side.broken:
@@ -423,12 +418,7 @@ class Supervisor:
                     self._side = self._connect()
                     self._side.pgconn.enter_pipeline_mode()
                 pgconn = self._side.pgconn
-                check_side(pgconn)
-                self._drain(self._side)
-                send_side(pgconn, query, params, self._prepared if self._prepare else None)
-                while pgconn.flush():
-                    _wait(pgconn, write=True)
-                self._unread += 1
+                _block(pgconn, self._wire.send(pgconn, query, params))
                 return
             except (psycopg.OperationalError, ConnectError, OSError) as exc:
                 self._close_side()
@@ -439,18 +429,12 @@ class Supervisor:
 
     def _drain(self, conn: psycopg.Connection[Any]) -> None:
         """Wait for the replies of every statement sent (side lock held)."""
-        pgconn = conn.pgconn
-        while self._unread:
-            self._unread = read_side(pgconn, self._unread)
-            if self._unread:
-                _wait(pgconn, write=False)
-                pgconn.consume_input()
+        _block(conn.pgconn, self._wire.drain(conn.pgconn))
 
     def _close_side(self) -> None:
         _close(self._side)
         self._side = None
-        self._unread = 0
-        self._prepared.clear()
+        self._wire.reset()
 
     # -- timeouts -----------------------------------------------------------
 
@@ -613,6 +597,51 @@ class Supervisor:
                 ).start()
             if beat:
                 self._beat(beat)
+
+
+class SideWire:
+    """What a side connection owes (statements sent, their syncs not read yet) and has
+    prepared, with its sends and reads as steps that yield what they wait for (True: the
+    socket writable; False: readable): the blocking Supervisor and the asyncio worker's
+    AsyncStarts drive them, each on its own connection."""
+
+    def __init__(self, *, prepare: bool) -> None:
+        self.unread = 0
+        # By the name they are prepared as; None: nothing is prepared (behind pgbouncer).
+        self._prepared: set[bytes] | None = set() if prepare else None
+
+    def reset(self) -> None:
+        """The connection is gone: nothing owed, nothing prepared."""
+        self.unread = 0
+        if self._prepared is not None:
+            self._prepared.clear()
+
+    def drain(self, pgconn: pq.abc.PGconn) -> Generator[bool, None, None]:
+        """Read the replies of every statement sent."""
+        while self.unread:
+            self.unread = read_side(pgconn, self.unread)
+            if self.unread:
+                yield False
+                pgconn.consume_input()
+
+    def send(
+        self, pgconn: pq.abc.PGconn, query: bytes, params: Sequence[bytes | None]
+    ) -> Generator[bool, None, None]:
+        """Send ``query`` and a sync, after the replies of the statements sent before: if the
+        process dies, Postgres runs a statement it has received only when it owes no earlier
+        reply (see the module docstring)."""
+        check_side(pgconn)
+        yield from self.drain(pgconn)
+        send_side(pgconn, query, params, self._prepared)
+        while pgconn.flush():
+            yield True
+        self.unread += 1
+
+
+def _block(pgconn: pq.abc.PGconn, steps: Generator[bool, None, None]) -> None:
+    """Run a SideWire step through, blocking on the socket (see _wait)."""
+    for write in steps:
+        _wait(pgconn, write=write)
 
 
 def send_side(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import psycopg
@@ -25,13 +25,11 @@ from ..records import JobRecord
 from ..supervisor import (
     SIDE_REPLY_TIMEOUT,
     Sending,
+    SideWire,
     Starts,
     StartsQueue,
     Supervisor,
-    check_side,
     first_line,
-    read_side,
-    send_side,
     to_record,
 )
 
@@ -51,10 +49,8 @@ class AsyncStarts:
     ) -> None:
         self._supervisor = supervisor
         self._connect = connect
-        self._prepare = prepare
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._prepared: set[bytes] = set()
-        self._unread = 0
+        self._wire = SideWire(prepare=prepare)
         self._lock = asyncio.Lock()
         self._queued = StartsQueue()
 
@@ -94,7 +90,7 @@ class AsyncStarts:
         statement in flight (see Supervisor._record_starts); returns once sent."""
         self._queued.put(starts)
         async with self._lock:
-            if not starts.sent and self._unread and self._conn is not None:
+            if not starts.sent and self._wire.unread and self._conn is not None:
                 try:
                     await self._drain(self._conn)
                 except (psycopg.OperationalError, OSError):
@@ -106,7 +102,7 @@ class AsyncStarts:
 
     async def _send(self, params: list[bytes | None]) -> None:
         """Send the starts and a sync (lock held), once more on a new connection if the old
-        one is gone; after the replies of the statements sent before."""
+        one is gone (see SideWire.send)."""
         for retry in (False, True):
             try:
                 conn = self._conn
@@ -114,13 +110,7 @@ class AsyncStarts:
                     await self._close_conn()
                     conn = self._conn = await self._connect()
                     conn.pgconn.enter_pipeline_mode()
-                pgconn = conn.pgconn
-                check_side(pgconn)
-                await self._drain(conn)
-                send_side(pgconn, q.START_JOBS, params, self._prepared if self._prepare else None)
-                while pgconn.flush():
-                    await _ready(pgconn, write=True)
-                self._unread += 1
+                await _through(conn.pgconn, self._wire.send(conn.pgconn, q.START_JOBS, params))
                 return
             except (psycopg.OperationalError, ConnectError, OSError) as exc:
                 await self._close_conn()
@@ -131,20 +121,20 @@ class AsyncStarts:
 
     async def _drain(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Wait for the replies of every statement sent (lock held)."""
-        pgconn = conn.pgconn
-        while self._unread:
-            self._unread = read_side(pgconn, self._unread)
-            if self._unread:
-                await _ready(pgconn, write=False)
-                pgconn.consume_input()
+        await _through(conn.pgconn, self._wire.drain(conn.pgconn))
 
     async def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
-        self._unread = 0
-        self._prepared.clear()
+        self._wire.reset()
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+async def _through(pgconn: Any, steps: Generator[bool, None, None]) -> None:
+    """Run a SideWire step through on the event loop (see _ready)."""
+    for write in steps:
+        await _ready(pgconn, write=write)
 
 
 async def _ready(pgconn: Any, *, write: bool) -> None:
