@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _log(
             "Postgres {server_version}: max_connections={max_connections} "
             "shared_buffers={shared_buffers} synchronous_commit={synchronous_commit} "
-            "fsync={fsync} ({where})".format(
+            "fsync={fsync} data_checksums={data_checksums} ({where})".format(
                 **settings, where="embedded, temp dir" if server.embedded else "--dsn"
             )
         )

@@ -37,6 +37,7 @@ SHOWN_SETTINGS: Final = (
     "shared_buffers",
     "synchronous_commit",
     "fsync",
+    "data_checksums",
     "wal_level",
     "work_mem",
     "max_wal_size",
