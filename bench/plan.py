@@ -62,7 +62,7 @@ class Plan:
     #: Threads of the batch-mode worker (batches of ``batch_size``) beside the default one,
     #: and the share of each chunk queued for it (the rest for the default-mode worker).
     memory_batch_threads: int = 2
-    memory_batch_share: float = 0.8
+    memory_batch_share: float = 0.9
     memory_chunk: int = 50_000
     memory_cap: float = 400.0
     #: The whole run should end within this many seconds: the memory scenario (last)
