@@ -3,8 +3,8 @@
 The worker process (``bench.worker_proc serve``) runs a default-mode worker and
 a batch-mode one beside it, each on a queue of its own: both modes' code runs
 a hundred thousand times or more, and 10^6 jobs fit in the run's time (default
-mode alone drains about 1,400 jobs/s here: 12 minutes; with a fifth of the jobs,
-it was what ran out of time in a slow stretch). This process feeds
+mode alone drains about 1,400 jobs/s here: 12 minutes; it gets a tenth of them,
+as a fifth ran out of time in a slow stretch). This process feeds
 them jobs in chunks (keeping the backlog bounded), ``memory_batch_share`` of
 each for the batch-mode worker, and reads the process's VmRSS from /proc. Growth is
 reported from idle and from the first checkpoint (after the first chunk, once
