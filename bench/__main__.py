@@ -33,7 +33,7 @@ from . import (
     scale,
 )
 from .plan import Plan, make_plan
-from .server import Server, embedded_server, given_server, machine_info
+from .server import Server, embedded_server, given_server, machine_info, summary
 
 SCENARIOS: dict[str, Callable[[Server, Plan, Any], dict[str, Any]]] = {
     "enqueue": enqueue.run,
@@ -119,13 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with server_cm as server:
         settings = server.settings()
         results["server"] = {"embedded": server.embedded, "settings": settings}
-        _log(
-            "Postgres {server_version}: max_connections={max_connections} "
-            "shared_buffers={shared_buffers} synchronous_commit={synchronous_commit} "
-            "fsync={fsync} data_checksums={data_checksums} ({where})".format(
-                **settings, where="embedded, temp dir" if server.embedded else "--dsn"
-            )
-        )
+        where = "embedded, temp dir" if server.embedded else "--dsn"
+        _log(f"Postgres {settings['server_version']}: {summary(settings)} ({where})")
         machine = results["machine"]
         _log(
             f"Machine: {machine['nproc']} cores ({machine['cpu_model']}), Python "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .server import summary
 from .stats import ratio
 from .targets import ok_peers, peer_value, targets
 
@@ -373,8 +374,7 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
         f"# pgqueue benchmark, {meta['date']} ({meta['mode']} run, {meta.get('runtime_s')} s)",
         f"Postgres {settings.get('server_version')} "
         f"({'embedded, temp dir' if (results.get('server') or {}).get('embedded') else 'given by --dsn'}): "
-        f"shared_buffers={settings.get('shared_buffers')}, synchronous_commit={settings.get('synchronous_commit')}, "
-        f"fsync={settings.get('fsync')}, data_checksums={settings.get('data_checksums')}, max_connections={settings.get('max_connections')}. "
+        f"{summary(settings, sep=', ')}. "
         f"Machine: {machine.get('nproc')} cores ({machine.get('cpu_model')}), {machine.get('memory_gib')} GiB, "
         f"Python {machine.get('python')}, pgqueue {machine.get('packages', {}).get('pgqueue')} "
         f"(commit {str(git.get('commit'))[:10]}{', uncommitted changes' if git.get('dirty') else ''}). "

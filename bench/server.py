@@ -44,6 +44,15 @@ SHOWN_SETTINGS: Final = (
     "autovacuum",
 )
 
+#: The settings named in the one-line summary (printed at the start and in the report).
+SUMMARY_SETTINGS: Final = (
+    "shared_buffers",
+    "synchronous_commit",
+    "fsync",
+    "data_checksums",
+    "max_connections",
+)
+
 PACKAGES: Final = (
     "pgqueue",
     "psycopg",
@@ -139,6 +148,11 @@ class Server:
             with psycopg.connect(self.dsn, autocommit=True) as admin:
                 _drop(admin, _TEMPLATE)
             self._template_ready = False
+
+
+def summary(settings: dict[str, str], *, sep: str = " ") -> str:
+    """The summary settings as ``name=value``, joined by ``sep``."""
+    return sep.join(f"{name}={settings.get(name)}" for name in SUMMARY_SETTINGS)
 
 
 def _drop(admin: psycopg.Connection[Any], name: str) -> None:

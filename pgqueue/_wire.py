@@ -181,10 +181,11 @@ class _Claims:
         end = [*statements, COMMIT]
         # After the COMMIT, in the same pipeline segment: skipped if anything before fails.
         then = [BEGIN, *ahead] if ahead else []
-        if then and time.monotonic() - self._idle_at >= STATS_EVERY:
+        now = time.monotonic()
+        if then and now - self._idle_at >= STATS_EVERY:
             then = []  # the next begin sends the claim in a round trip of its own
         if not then:
-            self._idle_at = time.monotonic()
+            self._idle_at = now
         try:
             results = yield from self._round_trip([*end, *then], errors_from=len(end))
         except errors.InvalidSqlStatementName as exc:
