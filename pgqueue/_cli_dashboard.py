@@ -63,12 +63,12 @@ def add_dashboard_command(commands: Any, make: Any) -> None:
 def _metrics_routes(dsn: str) -> list[Any]:
     """``/metrics`` (Prometheus, behind the dashboard's token) when the metrics extra is there."""
     try:
-        from starlette.routing import Mount  # noqa: PLC0415 (an optional extra)
+        from starlette.routing import Route  # noqa: PLC0415 (an optional extra)
 
         from .metrics import make_asgi_app  # noqa: PLC0415
     except ImportError:
         return []
-    return [Mount("/metrics", app=make_asgi_app(dsn))]
+    return [Route("/metrics", make_asgi_app(dsn))]
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

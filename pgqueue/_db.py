@@ -33,7 +33,7 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"invalid DSN: {exc}") from exc
+        raise ConfigurationError(f"invalid DSN: {str(exc).strip()}") from exc
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConnectError(f"could not connect to {describe_dsn(dsn)}: {first}") from exc

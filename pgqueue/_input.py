@@ -2,9 +2,9 @@
 
 Limits, each checked before anything is written and refused with InvalidJobError:
 
-- names and queue names: no NUL, no lone surrogate; queue names and recurring job names at
-  most :data:`MAX_NAME_BYTES` bytes of UTF-8 (Postgres indexes them, and cannot index
-  longer text reliably);
+- names and queue names: no NUL, no lone surrogate; queue names not empty; queue names and
+  recurring job names at most :data:`MAX_NAME_BYTES` bytes of UTF-8 (Postgres indexes them,
+  and cannot index longer text reliably);
 - job data: JSON that jsonb can store (no NUL, no NaN or Infinity, string keys), at most
   :data:`MAX_DATA_DEPTH` levels of nesting, and at most :data:`MAX_PAYLOAD_BYTES` bytes as JSON
   (or ``PGQUEUE_MAX_PAYLOAD_BYTES``, see :func:`max_payload_bytes`);
@@ -96,13 +96,17 @@ _QUEUE_WHATS: Final = frozenset({"queue", "queue name"})
 def check_text(what: str, value: Any, *, max_bytes: int | None = None) -> str:
     """A name or queue: a string Postgres can store (no NUL, valid Unicode), returned as is.
 
-    ``max_bytes`` bounds its UTF-8 length; by default (None) queue names (``what`` is
-    ``"queue"`` or ``"queue name"``) are bounded by :data:`MAX_NAME_BYTES`, as Postgres indexes
-    them and sends them with NOTIFY, and other text is not bounded.
+    Queue names (``what`` is ``"queue"`` or ``"queue name"``) must not be empty. ``max_bytes``
+    bounds the UTF-8 length; by default (None) queue names are bounded by
+    :data:`MAX_NAME_BYTES`, as Postgres indexes them and sends them with NOTIFY, and other text
+    is not bounded.
     """
     text = _check_string(what, value)
-    if max_bytes is None and what in _QUEUE_WHATS:
-        max_bytes = MAX_NAME_BYTES
+    if what in _QUEUE_WHATS:
+        if not text:
+            raise InvalidJobError(f"{what} must not be empty")
+        if max_bytes is None:
+            max_bytes = MAX_NAME_BYTES
     if max_bytes is not None:
         size = len(text.encode("utf-8"))
         if size > max_bytes:
@@ -243,8 +247,13 @@ def dump_data(data: Any, limit: int | None = None) -> str:
     try:
         text = _ENCODER.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
+        error: BaseException | None = exc
+    else:
+        error = None
+    if error is not None:
+        # Outside the except block: the error naming the value shows no encoder internals.
         _check_json_value(data, "")  # names the value, for a flat one
-        raise InvalidJobError(f"data is not JSON-serialisable: {exc}") from exc
+        raise InvalidJobError(f"data is not JSON-serialisable: {error}") from error
     if not text.isascii():
         try:
             text.encode("utf-8")

@@ -335,7 +335,7 @@ def _add_admin_commands(commands: Any) -> None:
         sub,
         "--status",
         dest="status",
-        choices=list(JobStatus),
+        choices=[status.value for status in JobStatus],
         metavar="STATUS",
         help=f"only jobs in this state ({', '.join(JobStatus)})",
     )

@@ -109,8 +109,6 @@ def enqueue(
         fields["scheduled_at"] = job.scheduled_at
 
     fields = {key: value for key, value in fields.items() if value is not None}
-    if fields.get("queue") == "":
-        raise InvalidJobError("queue must not be empty")
     enqueue_params(None, fields)
     target = sql if sql is not None else job.sql if job is not None else Job.sql
     with _open(target, repr(fields["name"])) as conn:

@@ -275,8 +275,6 @@ class Job:
     def _enqueue_fields(self, args: list[Any]) -> dict[str, Any]:
         """The keyword arguments of add_job_to_queue for these arguments, validated
         (InvalidJobError before any connection is opened)."""
-        if self.queue == "":
-            raise InvalidJobError("queue must not be empty")
         fields = {
             "name": self.name,
             "data": {"args": args},

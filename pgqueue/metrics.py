@@ -242,15 +242,26 @@ def make_asgi_app(
     finished_window: float | None = DEFAULT_FINISHED_WINDOW,
     registry: CollectorRegistry | None = REGISTRY,
 ) -> AsgiApp:
-    """An ASGI app that answers every HTTP request with a scrape (mount it at ``/metrics``).
+    """An ASGI app that answers every HTTP request with a scrape.
 
-    The query runs in the event loop's default thread pool, not in the loop.
+    Serve it at ``/metrics`` with Starlette's ``Route("/metrics", app)``: it is
+    an object, not a function, so Starlette takes it for an ASGI app (a
+    ``Mount`` would answer ``/metrics`` with a redirect to ``/metrics/``). The
+    query runs in the event loop's default thread pool, not in the loop.
     Prometheus text by default, OpenMetrics when the scraper asks for it
     (``Accept``). Needs an asyncio event loop (Starlette, uvicorn).
     """
-    target = make_registry(sql, finished_window=finished_window, registry=registry)
+    return _ScrapeApp(make_registry(sql, finished_window=finished_window, registry=registry))
 
-    async def app(
+
+class _ScrapeApp:
+    """The ASGI app of :func:`make_asgi_app`."""
+
+    def __init__(self, target: CollectorRegistry) -> None:
+        self._target = target
+
+    async def __call__(
+        self,
         scope: MutableMapping[str, Any],
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
@@ -270,7 +281,7 @@ def make_asgi_app(
             if key.lower() == b"accept":
                 accept = value.decode("latin-1")
         encoder, content_type = choose_encoder(accept)
-        body = await asyncio.get_running_loop().run_in_executor(None, encoder, target)
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, self._target)
         await send(
             {
                 "type": "http.response.start",
@@ -279,8 +290,6 @@ def make_asgi_app(
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-    return app
 
 
 def make_wsgi_app(

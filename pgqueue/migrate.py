@@ -20,7 +20,7 @@ from typing import Any, Final, LiteralString
 import psycopg
 
 from . import _queries as q
-from ._db import translate_errors
+from ._db import SqlTarget, connection, translate_errors
 from .errors import ConfigurationError, SchemaNotMigratedError, SchemaTooNewError
 
 __all__ = ["Migration", "latest_version", "migrate", "migrations", "schema_version"]
@@ -127,8 +127,12 @@ def check_schema(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def migrate(conn: psycopg.Connection[Any], *, roles: bool | None = None) -> list[int]:
+def migrate(sql: SqlTarget, *, roles: bool | None = None) -> list[int]:
     """Apply pending migrations and (re)create the functions; return the versions applied.
+
+    ``sql`` is a psycopg Connection or a psycopg_pool ConnectionPool (a
+    connection is checked out for the migration); anything else raises
+    ConfigurationError.
 
     Takes a session advisory lock for the duration, so concurrent callers
     wait and then find nothing to do. Each migration runs in its own
@@ -144,6 +148,11 @@ def migrate(conn: psycopg.Connection[Any], *, roles: bool | None = None) -> list
     grants when this database already has them, so they follow the schema;
     False leaves them alone.
     """
+    with connection(sql) as conn:
+        return _migrate(conn, roles)
+
+
+def _migrate(conn: psycopg.Connection[Any], roles: bool | None) -> list[int]:
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise ConfigurationError("migrate() needs a connection that is not inside a transaction")
     if roles is not None and not isinstance(roles, bool):

@@ -427,7 +427,8 @@ def create_app(
     a basic-auth password (any user name) or through the login page; None
     serves loopback clients only. ``routes``: extra Starlette routes served
     beside the dashboard, behind the same token (for instance
-    ``Route("/metrics", endpoint)`` or ``Mount("/metrics", app)``).
+    ``Route("/metrics", endpoint)``, or ``Route("/metrics", app)`` for
+    :func:`pgqueue.metrics.make_asgi_app`'s app).
     ``secret`` keys the login cookie and CSRF tokens (default: random per
     process, so a restart logs everyone out). ``poll_seconds`` (default 2):
     how often the page refreshes its live parts. ``pool_size`` (default 4):

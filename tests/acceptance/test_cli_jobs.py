@@ -98,6 +98,8 @@ def test_jobs_lists_newest_first_and_filters(dsn: str, conn: psycopg.Connection[
     bad = run_cli("jobs", "--status", "lost", "--dsn", dsn)
     assert bad.returncode == 2
     assert "invalid choice" in bad.stderr
+    assert "pending" in bad.stderr
+    assert "JobStatus" not in bad.stderr  # the plain words, not the enum's repr
 
 
 # -- clear --------------------------------------------------------------------------------

@@ -188,6 +188,7 @@ def test_the_dashboard_command_serves_prometheus_metrics(conn: Any, dashboard: s
     pgqueue.add_jobs_to_queue(conn, [{"name": "resize"} for _ in range(3)])
     pgqueue.add_job_to_queue(conn, name="resize", scheduled_at=timedelta(hours=1))
     with urllib.request.urlopen(dashboard + "/metrics", timeout=10) as response:
+        assert response.url == dashboard + "/metrics"  # served there, not redirected
         text = response.read().decode()
     depth = {
         (sample.labels["name"], sample.labels["status"]): sample.value

@@ -152,18 +152,11 @@ def check_hostile_name(conn: psycopg.Connection[Any], dsn: str, text: str) -> No
         assert pgqueue.list_jobs(conn, name="pgqueue.recurring") == [record]
 
 
-@pytest.mark.parametrize(
-    "text", [incompressible(MAX_NAME_BYTES + 1), incompressible(4000), "😀" * 513], ids=label
-)
-def test_a_queue_or_recurring_name_over_the_limit_is_refused_everywhere(
-    conn: psycopg.Connection[Any], dsn: str, text: str
-) -> None:
-    size = len(text.encode())
-    message = f"{size} bytes long \\(UTF-8\\); at most {MAX_NAME_BYTES} bytes"
-    calls: list[Callable[[], object]] = [
+def queue_calls(conn: psycopg.Connection[Any], dsn: str, text: str) -> list[Callable[[], object]]:
+    """Every call that takes a queue name, with ``text`` as the queue."""
+    return [
         lambda: pgqueue.add_job_to_queue(conn, queue=text),
         lambda: pgqueue.add_jobs_to_queue(conn, [{"name": "ok"}, {"queue": text}]),
-        lambda: pgqueue.add_recurring_job_to_queue(conn, name=text, interval={"hours": 1}),
         lambda: pgqueue.add_recurring_job_to_queue(
             conn, name="ok", interval={"hours": 1}, queue=text
         ),
@@ -172,6 +165,28 @@ def test_a_queue_or_recurring_name_over_the_limit_is_refused_everywhere(
         lambda: pgqueue.pending_queue_size(conn, queues=[text]),
         lambda: pgqueue.cancel_jobs(conn, queue=text),
         lambda: pgqueue.JobQueueWorker(dsn, handler=lambda c, j: None, queues=[text]),
+    ]
+
+
+def test_an_empty_queue_name_is_refused_everywhere(conn: psycopg.Connection[Any], dsn: str) -> None:
+    for call in queue_calls(conn, dsn, ""):
+        with pytest.raises(InvalidJobError, match=r"queue( name)? must not be empty$"):
+            call()
+    assert scalar(conn, "SELECT count(*) FROM pgqueue.jobs") == 0
+    assert scalar(conn, "SELECT count(*) FROM pgqueue.queues") == 0
+
+
+@pytest.mark.parametrize(
+    "text", [incompressible(MAX_NAME_BYTES + 1), incompressible(4000), "😀" * 513], ids=label
+)
+def test_a_queue_or_recurring_name_over_the_limit_is_refused_everywhere(
+    conn: psycopg.Connection[Any], dsn: str, text: str
+) -> None:
+    size = len(text.encode())
+    message = f"{size} bytes long \\(UTF-8\\); at most {MAX_NAME_BYTES} bytes"
+    calls = [
+        *queue_calls(conn, dsn, text),
+        lambda: pgqueue.add_recurring_job_to_queue(conn, name=text, interval={"hours": 1}),
     ]
     for call in calls:
         with pytest.raises(InvalidJobError, match=message):
@@ -197,7 +212,9 @@ def test_a_queue_or_recurring_name_over_the_limit_is_refused_everywhere(
     name=st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00")).filter(
         lambda text: not text.startswith("pgqueue.")
     ),
-    queue=st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=50),
+    queue=st.text(
+        st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=50
+    ),
 )
 def test_any_valid_text_round_trips_and_filters_exactly(
     conn: psycopg.Connection[Any], name: str, queue: str

@@ -227,6 +227,18 @@ def test_the_asgi_app_serves_text_and_openmetrics(dsn: str, conn: psycopg.Connec
     assert (sample.labels, sample.value) == ({"queue": "q", "name": "n", "status": "pending"}, 1)
 
 
+def test_the_asgi_app_is_a_route_at_metrics_without_a_redirect(dsn: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    app = Starlette(routes=[Route("/metrics", pgqueue.metrics.make_asgi_app(dsn, registry=None))])
+    with TestClient(app) as client:
+        got = client.get("/metrics", follow_redirects=False)
+    assert got.status_code == 200
+    assert "pgqueue_up 1.0" in got.text
+
+
 def test_worker_metrics_are_off_by_default_and_checked(dsn: str) -> None:
     assert pgqueue.JobQueueWorker(dsn, handler=lambda c, j: None)._metrics is None
     with pytest.raises(pgqueue.ConfigurationError, match="CollectorRegistry"):

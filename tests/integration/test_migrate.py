@@ -73,6 +73,19 @@ def test_migrate_refuses_a_connection_inside_a_transaction(empty_dsn):
             pgqueue.migrate(conn)
 
 
+def test_migrate_takes_a_pool_and_refuses_a_dsn_string(empty_dsn):
+    from psycopg_pool import ConnectionPool
+
+    with pytest.raises(pgqueue.ConfigurationError, match="got str"):
+        pgqueue.migrate(empty_dsn)  # type: ignore[arg-type]
+    with ConnectionPool(empty_dsn, min_size=1, max_size=1, open=True) as pool:
+        assert pgqueue.migrate(pool) == [m.version for m in migrations()]
+        assert pgqueue.migrate(pool) == []
+        with pool.connection() as conn:
+            assert schema_version(conn) == latest_version()
+            assert not conn.autocommit  # the pool's connection is handed back as it was
+
+
 def test_a_dsn_that_does_not_connect_names_host_and_port():
     worker = pgqueue.JobQueueWorker(
         "host=127.0.0.1 port=1 dbname=nowhere connect_timeout=2",

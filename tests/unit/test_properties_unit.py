@@ -263,10 +263,11 @@ def test_names_are_returned_unchanged_or_refused(value: Any) -> None:
     text = isinstance(value, str) and storable_text(value)
     short = text and len(value.encode("utf-8")) <= MAX_NAME_BYTES
     reserved = text and value.startswith("pgqueue.")
+    queue = short and value != ""
     for call, ok in [
         (lambda: check_text("name", value), text),
-        (lambda: check_text("queue", value), short),
-        (lambda: check_text("queue name", value), short),
+        (lambda: check_text("queue", value), queue),
+        (lambda: check_text("queue name", value), queue),
         (lambda: check_text("name", value, max_bytes=MAX_NAME_BYTES), short),
         (lambda: check_job_name(value), short and not reserved),
         (lambda: check_job_name(value, max_bytes=None), text and not reserved),
