@@ -375,7 +375,9 @@ def _add_admin_commands(commands: Any) -> None:
     )
     add_app(sub, used=False)
     sub.add_argument("ids", nargs="*", type=int, metavar="ID", help="job ids")
-    option(sub, "--failed", dest="failed", action="store_true", help="every failed job")
+    option(
+        sub, "--failed", dest="failed", action="store_true", help="every failed or cancelled job"
+    )
     option(sub, "--name", dest="name", metavar="NAME", help="with --failed: only of this name")
     option(sub, "--queue", dest="queue", metavar="QUEUE", help="with --failed: only this queue")
     add_json(sub)

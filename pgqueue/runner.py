@@ -31,6 +31,7 @@ from ._app import load_app, timed_handlers
 from ._cli_options import database, given_dsn, open_connection, split_queues
 from ._cli_output import print_json
 from ._db import describe_dsn
+from ._input import MAX_PAYLOAD_ENV
 from ._progress import Progress
 from ._run_dir import (
     RunDir,
@@ -319,8 +320,13 @@ def _child_command(args: argparse.Namespace, slot: WorkerSlot, pid_file: Path) -
 def _child_env(args: argparse.Namespace) -> dict[str, str]:
     # Everything is on the command line, except the DSN: in the environment a
     # password is not shown to every user by `ps`. Inherited PGQUEUE_* (a
-    # PGQUEUE_QUEUE, say) must not narrow a worker of every queue.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PGQUEUE_")}
+    # PGQUEUE_QUEUE, say) must not narrow a worker of every queue; the payload
+    # limit, no option of the command line, goes on to the handlers' enqueues.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("PGQUEUE_") or key == MAX_PAYLOAD_ENV
+    }
     dsn = given_dsn(args)
     if dsn is not None:
         env["PGQUEUE_DSN"] = dsn

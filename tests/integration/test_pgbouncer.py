@@ -558,6 +558,11 @@ def test_the_pgbouncer_options_come_from_the_environment_and_reach_detached_work
     assert "--no-listen" not in command
     assert "host=direct" not in " ".join(command)  # a DSN goes by the environment, not argv
     assert _child_env(args)["PGQUEUE_LISTEN_DSN"] == "host=direct dbname=app"
+    monkeypatch.setenv("PGQUEUE_QUEUE", "email")
+    monkeypatch.setenv("PGQUEUE_MAX_PAYLOAD_BYTES", "4096")
+    env = _child_env(args)
+    assert "PGQUEUE_QUEUE" not in env  # on the command line or not at all
+    assert env["PGQUEUE_MAX_PAYLOAD_BYTES"] == "4096"  # no option: the handlers' enqueues need it
     monkeypatch.delenv("PGQUEUE_NO_PREPARE")
     args = build_parser().parse_args(["workoff", "--app", "m:h", "--no-prepare"])
     assert args.no_prepare is True
