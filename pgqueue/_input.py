@@ -8,7 +8,8 @@ Limits, each checked before anything is written and refused with InvalidJobError
 - job data: JSON that jsonb can store (no NUL, no NaN or Infinity, string keys), at most
   :data:`MAX_DATA_DEPTH` levels of nesting, and at most :data:`MAX_PAYLOAD_BYTES` bytes as JSON
   (or ``PGQUEUE_MAX_PAYLOAD_BYTES``, see :func:`max_payload_bytes`);
-- ``scheduled_at``: a time that every session time zone can read back into a Python datetime.
+- ``scheduled_at``: a time that every session time zone can read back into a Python datetime;
+- a handler's str result (:func:`stored_result`): text Postgres can store, or the attempt fails.
 """
 
 from __future__ import annotations
@@ -363,3 +364,20 @@ def as_schedule(value: Any) -> Schedule:
     if not isinstance(value, str):
         raise InvalidJobError(f"schedule must be a cron or text string, got {type(value).__name__}")
     return parse_schedule(value)
+
+
+def stored_result(value: object) -> tuple[str | None, str | None]:
+    """(error text, result) of an attempt whose handler returned ``value``: a str is the job's
+    result, unless Postgres cannot store it (a NUL, a lone surrogate): then the attempt fails,
+    or its completion would fail and the job would run again at once, forever. Other values
+    are not kept."""
+    if not isinstance(value, str):
+        return None, None
+    try:
+        check_text("the handler's result", value)
+    except InvalidJobError as exc:
+        return (
+            f"InvalidJobError: {exc} (a str a handler returns is stored as the job's result)",
+            None,
+        )
+    return None, value

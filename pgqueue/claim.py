@@ -25,6 +25,7 @@ from psycopg.pq import TransactionStatus
 from . import _queries as q
 from . import _tracing
 from . import lease as _lease
+from ._input import stored_result
 from ._wire import ClaimTransaction, Statement, StatementDropped, Traffic, statement_name
 from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME, next_run, run_builtin
 from .errors import JobFailed
@@ -293,8 +294,11 @@ class ClaimRunner:
     ) -> tuple[str | None, object]:
         """Call the job's handler: (None, its return value), or (error text, None) if it raised.
 
-        Inside a ``pgqueue.run <name>`` span when OpenTelemetry tracing is on,
-        and measured when the worker has metrics on.
+        Anything it raises fails the attempt, SystemExit and KeyboardInterrupt
+        too (``sys.exit()`` in a handler): in a slot's thread they could only
+        end the thread, leaving its job to count as a crash and the worker a
+        slot short. Inside a ``pgqueue.run <name>`` span when OpenTelemetry
+        tracing is on, and measured when the worker has metrics on.
         """
         handler = run_builtin if job.name in BUILTIN_NAMES else user_handler(self._handler, job)
         metrics = self._metrics
@@ -306,14 +310,14 @@ class ClaimRunner:
             if span is None:
                 try:
                     return None, handler(conn, job)
-                except Exception as exc:
+                except BaseException as exc:
                     return handler_error(
                         exc, self._timeout_of(job), time.monotonic() - started
                     ), None
             with span:
                 try:
                     value = handler(conn, job)
-                except Exception as exc:
+                except BaseException as exc:
                     span.record(exc)
                     error = handler_error(exc, self._timeout_of(job), time.monotonic() - started)
                     span.finish(error)
@@ -334,7 +338,7 @@ class ClaimRunner:
         error = transaction_error(conn.pgconn.transaction_status)
         if error is not None:
             return error, None
-        return None, value if isinstance(value, str) else None
+        return stored_result(value)
 
     @staticmethod
     def _committed(conn: psycopg.Connection[Any], xid: str | None) -> bool:
@@ -439,7 +443,7 @@ def commit_failed(exc: BaseException) -> TypeGuard[psycopg.Error]:
     return isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.OperationalError)
 
 
-def handler_error(exc: Exception, timeout: float | None, elapsed: float) -> str:
+def handler_error(exc: BaseException, timeout: float | None, elapsed: float) -> str:
     """The error text kept on the job when its handler raised ``exc`` after ``elapsed`` seconds
     (``timeout``: the attempt's limit, if any)."""
     if isinstance(exc, JobFailed):
@@ -464,7 +468,8 @@ def transaction_error(status: int) -> str | None:
     if status == TransactionStatus.IDLE:
         return (
             "RuntimeError: the handler committed or rolled back the job's transaction; "
-            "handlers must leave it open (use conn.transaction() for savepoints)"
+            "handlers must leave it open (use conn.transaction() for savepoints). A COMMIT "
+            "kept the writes made before it: a retry makes them again"
         )
     if status == TransactionStatus.INERROR:
         return (

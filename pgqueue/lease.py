@@ -26,6 +26,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from . import _queries as q
+from ._input import stored_result
 from .builtins import next_run
 from .records import JobRecord
 from .supervisor import new_token
@@ -102,8 +103,8 @@ def _run(
         conn.rollback()
     if not conn.broken and not conn.closed:
         conn.autocommit = True
-    result = value if isinstance(value, str) else None
-    _record(worker, conn, job, error, result)
+    unstorable, result = stored_result(value)
+    _record(worker, conn, job, error or unstorable, result)
 
 
 def _record(

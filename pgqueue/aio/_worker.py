@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .. import _queries as q
 from .._db import connect
+from .._input import stored_result
 from .._options import WorkerOptions
 from .._wire import AsyncClaimTransaction, Statement, StatementDropped, statement_name
 from ..builtins import BUILTIN_NAMES, builtin_steps, next_run
@@ -525,7 +526,7 @@ class AsyncJobQueueWorker:
         error = transaction_error(conn.pgconn.transaction_status)
         if error is not None:
             return error, None
-        return None, value if isinstance(value, str) else None
+        return stored_result(value)
 
 
 AsyncJobQueueWorker.__module__ = "pgqueue.aio"

@@ -427,3 +427,23 @@ def test_an_async_handler_may_not_end_the_jobs_transaction(dsn, conn):
     assert job.last_error is not None
     assert job.last_error.startswith("RuntimeError: the handler tried to end the job's transaction")
     assert result_ids(conn) == []
+
+
+def test_an_async_handlers_result_postgres_cannot_store_fails_the_attempt(dsn, conn):
+    bad = pgqueue.add_job_to_queue(conn, name="odd", max_attempts=1)
+    good = pgqueue.add_job_to_queue(conn, name="fine")
+
+    async def handler(aconn: psycopg.AsyncConnection[Any], job: pgqueue.JobRecord) -> str:
+        return "NUL \x00 inside" if job.name == "odd" else "ok"
+
+    async def main() -> None:
+        async with aio.AsyncJobQueueWorker(dsn, handler=handler, poll_interval=0.1):
+            await eventually(lambda: status(conn, bad) == "failed", "the attempt to fail")
+            await eventually(lambda: status(conn, good) == "completed", "the next job")
+
+    asyncio.run(main())
+    job = pgqueue.get_job(conn, bad)
+    assert job is not None
+    assert job.last_error is not None
+    assert job.last_error.startswith("InvalidJobError: the handler's result must not contain NUL")
+    assert pgqueue.get_job(conn, good).result == "ok"

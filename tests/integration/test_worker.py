@@ -839,6 +839,75 @@ def test_an_error_text_postgres_cannot_store_is_still_recorded(conn, error, firs
     assert job.last_error.splitlines()[0] == first_line
 
 
+class Stop(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("batch_size", [1, 3], ids=["single", "batch"])
+@pytest.mark.parametrize(
+    ("error", "first_line"),
+    [
+        (SystemExit(3), "SystemExit: 3"),
+        (KeyboardInterrupt(), "KeyboardInterrupt: "),
+        (Stop("here"), "Stop: here"),
+    ],
+    ids=["sys.exit", "keyboard-interrupt", "base-exception"],
+)
+def test_a_handler_raising_a_base_exception_fails_its_attempt_and_its_slot_goes_on(
+    conn, error, first_line, batch_size
+):
+    # These used to end the slot's thread: the job counted as a crash later, the worker ran
+    # with one slot fewer (none, here) and logged nothing.
+    bad = pgqueue.add_job_to_queue(conn, name="exits", max_attempts=1)
+    good = pgqueue.add_job_to_queue(conn, name="fine")
+
+    def handler(c, job):
+        if job.name == "exits":
+            raise error
+
+    worker = pgqueue.JobQueueWorker(
+        conn.info.dsn, handler=handler, poll_interval=0.1, batch_size=batch_size
+    )
+    with running(worker):
+        wait_until(lambda: status(conn, bad) == "failed", timeout=10, what="the failure")
+        wait_until(lambda: status(conn, good) == "completed", what="the next job")
+        later = pgqueue.add_job_to_queue(conn, name="fine")
+        wait_until(lambda: status(conn, later) == "completed", what="a later job")
+    job = pgqueue.get_job(conn, bad)
+    assert job is not None
+    assert (job.attempts, job.crashes) == (1, 0)
+    assert job.last_error is not None
+    assert job.last_error.splitlines()[0] == first_line
+
+
+@pytest.mark.parametrize("mode", [{}, {"batch_size": 3}, {"lease": 30}], ids=str)
+@pytest.mark.parametrize(
+    "result", ["NUL \x00 inside", "lone surrogate \udcff"], ids=["nul", "surrogate"]
+)
+def test_a_result_postgres_cannot_store_fails_the_attempt_once(conn, result, mode):
+    # Its completion could not be sent: the transaction rolled back and the job ran again at
+    # once, forever, holding up the jobs behind it.
+    bad = pgqueue.add_job_to_queue(conn, name="odd-result", max_attempts=2)
+    good = pgqueue.add_job_to_queue(conn, name="fine")
+    calls = Calls()
+
+    def handler(c, job):
+        calls.add(job.id)
+        return result if job.name == "odd-result" else "ok"
+
+    worker = pgqueue.JobQueueWorker(conn.info.dsn, handler=handler, poll_interval=0.1, **mode)
+    with running(worker):
+        wait_until(lambda: status(conn, good) == "completed", what="the next job")
+        wait_until(lambda: pgqueue.get_job(conn, bad).last_error, what="the failed attempt")
+    job = pgqueue.get_job(conn, bad)
+    assert job is not None
+    assert (job.status, job.attempts, job.crashes) == ("pending", 1, 0)  # retried later
+    assert job.last_error is not None
+    assert job.last_error.startswith("InvalidJobError: the handler's result ")
+    assert calls.items.count(bad) == 1
+    assert pgqueue.get_job(conn, good).result == "ok"
+
+
 def test_a_commit_that_fails_counts_the_attempt_and_keeps_nothing(conn):
     # A deferred constraint fails at COMMIT, after the handler returned:
     # the server rolls everything back, and the worker records the failure apart.
