@@ -333,6 +333,13 @@ class ClaimRunner:
     ) -> tuple[str | None, str | None]:
         """Run the job's handler in its transaction: (None, result) on success, (error text, None) on failure."""
         error, value = self._call_handler(conn, job)
+        if conn.closed:
+            logger.error(
+                "job %d (%s): its handler closed the job's connection, which ended the job's "
+                "transaction; the attempt counts as a crash when the job is claimed again",
+                job.id,
+                job.name,
+            )
         if error is not None:
             return error, None
         error = transaction_error(conn.pgconn.transaction_status)

@@ -908,6 +908,24 @@ def test_a_result_postgres_cannot_store_fails_the_attempt_once(conn, result, mod
     assert pgqueue.get_job(conn, good).result == "ok"
 
 
+def test_a_handler_that_closes_its_connection_is_named_in_the_log(conn, caplog):
+    bad = pgqueue.add_job_to_queue(conn, name="closes", max_attempts=1)
+    good = pgqueue.add_job_to_queue(conn, name="fine")
+
+    def handler(c, job):
+        if job.name == "closes":
+            c.close()
+
+    worker = pgqueue.JobQueueWorker(conn.info.dsn, handler=handler, poll_interval=0.1)
+    with caplog.at_level(logging.ERROR, logger="pgqueue"), running(worker):
+        wait_until(lambda: status(conn, good) == "completed", what="the next job")
+        wait_until(lambda: status(conn, bad) == "failed", what="the crash to be counted")
+    assert f"job {bad} (closes): its handler closed the job's connection" in caplog.text
+    job = pgqueue.get_job(conn, bad)
+    assert job is not None
+    assert job.crashes == 1
+
+
 def test_a_commit_that_fails_counts_the_attempt_and_keeps_nothing(conn):
     # A deferred constraint fails at COMMIT, after the handler returned:
     # the server rolls everything back, and the worker records the failure apart.
