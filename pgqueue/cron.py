@@ -8,12 +8,13 @@ five-field cron expression into field patterns. The grammar is in :mod:`pgqueue.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
-from typing import Any, Final, Literal
+from datetime import datetime, time, timedelta
+from typing import Any, Final
 
-from dateutil.rrule import DAILY, HOURLY, MINUTELY, MO, SECONDLY, YEARLY, rrule, rruleset
+from dateutil.rrule import DAILY, MO, YEARLY, rrule
 
 from .errors import InvalidJobError
 
@@ -63,8 +64,6 @@ CRON_MACROS: Final[Mapping[str, str]] = {
 # only stops at a result or at the year 9999, so an impossible pattern is probed over the last
 # 28 years there are, 9972-9999, which makes the "never" answer quick.
 _PROBE_START: Final = datetime(9972, 1, 1)
-# Above this many times a day, step hour by hour rather than build the whole day at once.
-_MAX_DAILY_TIMES: Final = 1440
 
 MONTH_NAMES: Final[Mapping[str, int]] = {
     name: number
@@ -80,6 +79,11 @@ _CRON_DAY_NAMES: Final[Mapping[str, int]] = {
 
 def _sorted(values: frozenset[int] | None) -> list[int] | None:
     return None if values is None else sorted(values)
+
+
+def _values(values: frozenset[int] | None, name: str) -> list[int]:
+    """A time field's allowed values in order (every value of the field for None)."""
+    return sorted(FULL_RANGES[name] if values is None else values)
 
 
 @dataclass(frozen=True)
@@ -147,30 +151,34 @@ class FieldPattern:
         )
         return probe.after(_PROBE_START, inc=True) is not None
 
-    def rule(self, dtstart: datetime) -> rrule:
-        """Return an rrule of this pattern's instants from ``dtstart`` (naive UTC) on."""
-        seconds, minutes, hours = self.seconds, self.minutes, self.hours
-        freq: Literal[3, 4, 5, 6]
-        if seconds is None:
-            freq = SECONDLY
-        elif minutes is None:
-            freq = MINUTELY
-        elif hours is None or len(seconds) * len(minutes) * len(hours) > _MAX_DAILY_TIMES:
-            freq = HOURLY
-        else:
-            freq = DAILY
+    def days(self, dtstart: datetime) -> rrule:
+        """Return an rrule of the days (at midnight, naive UTC) this pattern's date fields
+        allow, from ``dtstart``'s day on."""
         return rrule(
-            freq,
-            dtstart=dtstart,
+            DAILY,
+            dtstart=datetime.combine(dtstart.date(), time()),
             wkst=MO,
-            bysecond=_sorted(seconds),
-            byminute=_sorted(minutes),
-            byhour=_sorted(hours),
             bymonthday=_sorted(self.monthdays),
             byweekday=_sorted(self.weekdays),
             byweekno=_sorted(self.weeks),
             bymonth=_sorted(self.months),
         )
+
+    def first_time(self, floor: time | None) -> time | None:
+        """Return the earliest time of day this pattern's time fields allow, at or after
+        ``floor`` (None: any), or None when there is none that late."""
+        hours = _values(self.hours, "hours")
+        minutes = _values(self.minutes, "minutes")
+        seconds = _values(self.seconds, "seconds")
+        low = floor or time()
+        for hour in hours[bisect_left(hours, low.hour) :]:
+            late = hour == low.hour
+            for minute in minutes[bisect_left(minutes, low.minute) if late else 0 :]:
+                later = late and minute == low.minute
+                at = bisect_left(seconds, low.second) if later else 0
+                if at < len(seconds):
+                    return time(hour, minute, seconds[at])
+        return None
 
 
 def compile_patterns(patterns: Iterable[FieldPattern]) -> tuple[FieldPattern, ...]:
@@ -184,11 +192,28 @@ def compile_patterns(patterns: Iterable[FieldPattern]) -> tuple[FieldPattern, ..
 
 
 def next_instant(patterns: Iterable[FieldPattern], after: datetime) -> datetime | None:
-    """Return the first instant of any of ``patterns`` strictly after ``after`` (naive UTC)."""
-    rules = rruleset()
+    """Return the first instant of any of ``patterns`` strictly after ``after`` (naive UTC).
+
+    For each pattern, the first day its date fields allow, from the day of the first whole
+    second after ``after``, then the first time of that day its time fields allow (on that
+    first day, not before that second); the next allowed day if there is none. (One rrule
+    over every field walked the seconds and minutes in between: a pattern of many seconds
+    on rare days took seconds to minutes.)
+    """
+    try:
+        floor = after.replace(microsecond=0) + timedelta(seconds=1)
+    except OverflowError:  # after the last second of 9999
+        return None
+    found: datetime | None = None
     for pattern in patterns:
-        rules.rrule(pattern.rule(after.replace(microsecond=0)))
-    return rules.after(after)
+        for day in pattern.days(floor):
+            moment = pattern.first_time(floor.time() if day.date() == floor.date() else None)
+            if moment is not None:
+                candidate = datetime.combine(day.date(), moment)
+                if found is None or candidate < found:
+                    found = candidate
+                break
+    return found
 
 
 def looks_like_cron(text: str) -> bool:

@@ -295,7 +295,7 @@ class Schedule:
         on whole seconds, clock-aligned in UTC, whatever the zone of ``moment``.
         """
         if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValueError(f"moment must be timezone-aware, got {moment!r}")
+            raise InvalidJobError(f"moment must be timezone-aware, got {moment!r}")
         found = next_instant(self._patterns, moment.astimezone(UTC).replace(tzinfo=None))
         if found is None:  # only past 31 December 9999
             raise InvalidJobError(f"schedule {self.text!r} has no occurrence after {moment}")

@@ -675,6 +675,7 @@ DECLARE
     v_policy jsonb;
     v_next timestamptz;
     v_final boolean;
+    v_cancel boolean := false;
 BEGIN
     SELECT coalesce((SELECT q.retry FROM pgqueue.queues q WHERE q.name = p_job.queue), '{}')
            || coalesce(p_job.retry, '{}')
@@ -685,14 +686,19 @@ BEGIN
         OR v_next > p_job.created_at
                     + pg_catalog.make_interval(secs => (v_policy ->> 'max_duration')::double precision);
     v_final := coalesce(v_final, false);
+    -- Cancelled while this attempt ran (see cancel_jobs): not retried.
+    IF NOT v_final AND p_job.schedule IS NOT NULL THEN
+        DELETE FROM pgqueue.cancel_requests r WHERE r.job_id = p_job.id;
+        v_cancel := FOUND;
+    END IF;
     DELETE FROM pgqueue.job_starts WHERE job_id = p_job.id;
     UPDATE pgqueue.jobs
     SET attempts = p_attempts,
         last_error = p_error,
         updated_at = now(),
         lease_until = NULL,
-        status = CASE WHEN v_final THEN 'failed' ELSE 'pending' END,
-        scheduled_at = CASE WHEN v_final THEN scheduled_at ELSE v_next END
+        status = CASE WHEN v_final THEN 'failed' WHEN v_cancel THEN 'cancelled' ELSE 'pending' END,
+        scheduled_at = CASE WHEN v_final OR v_cancel THEN scheduled_at ELSE v_next END
     WHERE id = p_job.id
     RETURNING * INTO v_job;
     IF v_final AND v_job.schedule IS NOT NULL AND p_next_at IS NOT NULL THEN
@@ -1043,23 +1049,30 @@ END;
 $$;
 
 
--- Enqueue the next run of a job with a schedule: a copy at p_next_at.
+-- Enqueue the next run of a job with a schedule: a copy at p_next_at; none
+-- (NULL) when the job was cancelled while it ran (its request is consumed).
 CREATE OR REPLACE FUNCTION pgqueue.repeat_job(p_job pgqueue.jobs, p_next_at timestamptz)
 RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
+    WITH asked AS (
+        DELETE FROM pgqueue.cancel_requests r WHERE r.job_id = p_job.id RETURNING 1
+    )
     INSERT INTO pgqueue.jobs (queue, name, data, priority, scheduled_at, max_attempts, retry,
                               schedule, timeout)
-    VALUES (p_job.queue, p_job.name, p_job.data, p_job.priority, p_next_at, p_job.max_attempts,
-            p_job.retry, p_job.schedule, p_job.timeout)
+    SELECT p_job.queue, p_job.name, p_job.data, p_job.priority, p_next_at, p_job.max_attempts,
+           p_job.retry, p_job.schedule, p_job.timeout
+    WHERE NOT EXISTS (SELECT 1 FROM asked)
     RETURNING id;
 $$;
 
 
 -- Cancel pending jobs, optionally only of a name, a queue, and whose data
 -- contains p_data (jsonb containment). Running jobs are skipped, not
--- interrupted. Returns how many were cancelled.
+-- interrupted; a running one with a schedule gets a cancel request (see
+-- repeat_job and fail_attempt), so that its chain ends with this run. Returns
+-- how many were cancelled.
 --
 -- Running means holding the job's advisory lock (running_keys), not merely a
 -- row lock: dequeue_limited locks a row for an instant while it checks the
@@ -1085,26 +1098,46 @@ AS $$
         UPDATE pgqueue.jobs j SET status = 'cancelled', updated_at = now()
         FROM picked WHERE j.id = picked.id
         RETURNING 1
+    ), asked AS (
+        INSERT INTO pgqueue.cancel_requests (job_id)
+        SELECT j.id FROM pgqueue.jobs j
+        WHERE j.schedule IS NOT NULL
+          AND (j.status = 'running'
+               OR (j.status = 'pending' AND (j.id % 2147483648) IN (SELECT k FROM running)))
+          AND (p_name IS NULL OR j.name = p_name)
+          AND (p_queue IS NULL OR j.queue = p_queue)
+          AND (p_data IS NULL OR j.data @> p_data)
+        ON CONFLICT (job_id) DO NOTHING
     )
     SELECT count(*) FROM cancelled;
 $$;
 
 
 -- Cancel one pending job; false when it is unknown, running or finished
--- (running as in cancel_jobs).
+-- (running as in cancel_jobs, which a running one with a schedule gets a
+-- cancel request from too).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_job(p_id bigint) RETURNS boolean
 LANGUAGE sql
 SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
-    WITH picked AS (
+    WITH running AS MATERIALIZED (
+        SELECT pgqueue.running_keys() AS k
+    ), picked AS (
         SELECT j.id FROM pgqueue.jobs j
         WHERE j.id = p_id AND j.status = 'pending'
-          AND (j.id % 2147483648) NOT IN (SELECT pgqueue.running_keys())
+          AND (j.id % 2147483648) NOT IN (SELECT k FROM running)
         FOR UPDATE OF j
     ), cancelled AS (
         UPDATE pgqueue.jobs j SET status = 'cancelled', updated_at = now()
         FROM picked WHERE j.id = picked.id
         RETURNING 1
+    ), asked AS (
+        INSERT INTO pgqueue.cancel_requests (job_id)
+        SELECT j.id FROM pgqueue.jobs j
+        WHERE j.id = p_id AND j.schedule IS NOT NULL
+          AND (j.status = 'running'
+               OR (j.status = 'pending' AND (j.id % 2147483648) IN (SELECT k FROM running)))
+        ON CONFLICT (job_id) DO NOTHING
     )
     SELECT count(*) = 1 FROM cancelled;
 $$;

@@ -82,7 +82,7 @@ $$;
 -- repeating job inserts its next run (the id comes from the identity
 -- default, which needs no sequence grant); the built-in clean-up job deletes
 -- finished jobs past their rule. job_starts is the worker's own bookkeeping
--- of attempts in flight. Queue settings (concurrency limits, retry policies)
+-- of attempts in flight; a run consumes the cancel request of its job. Queue settings (concurrency limits, retry policies)
 -- and clean-up rules are read, never written.
 GRANT SELECT, DELETE ON pgqueue.jobs TO pgqueue_worker;
 GRANT INSERT (queue, name, data, priority, scheduled_at, max_attempts, retry, schedule, timeout,
@@ -92,6 +92,7 @@ GRANT UPDATE (status, attempts, result, last_error, scheduled_at, completed_at, 
               lease_until, crashes)
     ON pgqueue.jobs TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.job_starts TO pgqueue_worker;
+GRANT SELECT, DELETE ON pgqueue.cancel_requests TO pgqueue_worker;
 GRANT SELECT ON pgqueue.queues, pgqueue.cleanup_rules TO pgqueue_worker;
 
 -- The functions each role calls, by name (every overload). Granted to

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -132,6 +133,43 @@ def test_cancel_jobs_stops_a_chain(conn: psycopg.Connection[Any], dsn: str) -> N
     make_due(conn, again.id)
     assert worker.work_off().completed == 1, "the cancelled job did not run"
     assert [job.status for job in chain(conn, "chained")] == ["completed", "cancelled"]
+
+
+@pytest.mark.parametrize("mode", [{}, {"batch_size": 3}, {"lease": 30}], ids=str)
+@pytest.mark.parametrize("outcome", ["completes", "fails"])
+def test_cancelling_a_repeating_job_while_it_runs_ends_its_chain(
+    conn: psycopg.Connection[Any], dsn: str, mode: dict[str, Any], outcome: str
+) -> None:
+    # A running job is not interrupted; it used to enqueue its next copy all the same.
+    first = pgqueue.add_job_to_queue(
+        conn,
+        {"schedule": "* * * * *"},
+        name="chained",
+        max_attempts=3,
+        retry={"backoff": "fixed", "delay": 0, "jitter": 0},
+    )
+    make_due(conn, first)
+    started, release = threading.Event(), threading.Event()
+
+    def handler(c: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        started.set()
+        assert release.wait(10), "the test did not release the handler"
+        if outcome == "fails":
+            raise RuntimeError("after the cancel")
+
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, poll_interval=0.1, **mode)
+    with running(worker):
+        assert started.wait(10), "the job did not start"
+        assert pgqueue.cancel_jobs(conn, "chained") == 0  # running: not cancelled, not stopped
+        assert pgqueue.cancel_job(conn, first) is False
+        release.set()
+        wait_until(
+            lambda: get(conn, first).status not in ("pending", "running"), what="the run to end"
+        )
+    (job,) = chain(conn, "chained")  # no next copy
+    expected = ("completed", 1) if outcome == "completes" else ("cancelled", 1)
+    assert (job.status, job.attempts) == expected  # a failed attempt is not retried either
+    assert scalar(conn, "SELECT count(*) FROM pgqueue.cancel_requests") == 0
 
 
 # -- recurring jobs on a schedule -------------------------------------------------------

@@ -270,8 +270,30 @@ def test_next_after_is_strictly_after_and_ignores_microseconds() -> None:
 
 
 def test_next_after_needs_an_aware_moment() -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(InvalidJobError, match="timezone-aware"):  # pgqueue's own, a ValueError
         parse_schedule("every day").next_after(datetime(2024, 1, 3, 10, 0))
+
+
+@pytest.mark.parametrize(
+    ("text", "first", "second"),
+    [
+        ("every second on the 29th of february on monday except at 0:00:01", "0:00:00", "0:00:02"),
+        (
+            "every second on the 29th of february on monday"
+            " except at 0:00:00 except at 0:00:01 except at 0:00:02 except at 0:00:03",
+            "0:00:04",
+            "0:00:05",
+        ),
+    ],
+)
+def test_many_times_of_day_on_rare_days(text: str, first: str, second: str) -> None:
+    # Each excepted second splits the schedule into patterns of many seconds (or minutes, or
+    # hours) on days that come once in 28 years; one rrule over every field walked the
+    # instants in between (7 s for the first, over 3 minutes for the second).
+    schedule = parse_schedule(text)
+    got = schedule.next_after(utc("2026-12-07 00:00"))
+    assert got == utc(f"2044-02-29 0{first}")  # the next 29 February on a Monday
+    assert schedule.next_after(got) == utc(f"2044-02-29 0{second}")
 
 
 def test_schedules_are_utc_whatever_the_zone_of_the_moment() -> None:
