@@ -60,7 +60,7 @@ REGISTER_CLEANUP: Final = (
 LIST_JOBS: Final = (
     "SELECT " + JOB_COLUMNS + " FROM ("  # noqa: S608 (constants)
     " SELECT j.id, j.queue, j.name, j.data, j.priority,"
-    " CASE WHEN j.status = 'pending' AND (j.id %% 2147483648) IN"
+    " CASE WHEN j.status = 'pending' AND j.id IN"
     " (SELECT pgqueue.running_keys()) THEN 'running' ELSE j.status END AS status,"
     " j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,"
     " j.created_at, j.updated_at, j.completed_at, j.schedule, j.timeout, j.crashes,"
@@ -147,7 +147,8 @@ _CLAIM_TAIL: Final = (
     b", p.id, p.queue, p.name, p.data, p.priority, p.status, p.scheduled_at, p.attempts + 1,"
     b" p.max_attempts, p.retry, p.last_error, p.result, p.created_at, p.updated_at,"
     b" p.completed_at, p.schedule, p.timeout, p.crashes, p.lease_until, p.trace_context,"
-    b" pg_catalog.pg_try_advisory_xact_lock(1885827445, (p.id % 2147483648)::integer)"
+    b" pg_catalog.pg_try_advisory_xact_lock(1885827445 + (p.id / 2147483648)::integer,"
+    b" (p.id % 2147483648)::integer)"
     b" FROM gate g LEFT JOIN picked p ON true"
 )
 _RUN_ORDER: Final = b" ORDER BY j.priority, j.scheduled_at, j.id"

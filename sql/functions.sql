@@ -11,9 +11,11 @@
 -- "Running" is not stored for a job run in its transaction (the default): the
 -- worker's transaction holds the job's row lock. Row locks are invisible to
 -- other sessions, so dequeue also takes a transaction-scoped advisory lock
--- (key 1885827445 = 'pgqu', job id modulo 2^31), which pg_locks shows while
--- the job runs and Postgres drops with the transaction, crash or not. A job
--- run in lease mode is stored as 'running' with a lease_until.
+-- (keys 1885827445 = 'pgqu' plus the job id's quotient by 2^31, and its
+-- remainder: one lock per job id, the first key 'pgqu' for every id below
+-- 2^31; running_keys reads ids below 2^47), which pg_locks shows while the
+-- job runs and Postgres drops with the transaction, crash or not. A job run in lease mode is stored as 'running'
+-- with a lease_until.
 --
 -- Crashed attempts: before a handler runs, its worker records the start (the
 -- attempt number) in pgqueue.job_starts on a second connection, committed
@@ -193,7 +195,8 @@ BEGIN
             ELSE
                 v_count := v_count + 1;
             END IF;
-            PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
+            PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445 + (v_job.id / 2147483648)::integer,
+                                                 (v_job.id % 2147483648)::integer);
             v_job.attempts := v_job.attempts + 1;
             RETURN NEXT v_job;
         END LOOP;
@@ -738,16 +741,16 @@ AS $$
 $$;
 
 
--- Lock keys (job id modulo 2^31) of the jobs running right now in this
--- database: see the note at the top of this file.
+-- The ids of the jobs running right now in this database, from their lock
+-- keys: see the note at the top of this file.
 CREATE OR REPLACE FUNCTION pgqueue.running_keys() RETURNS SETOF bigint
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
-    SELECT l.objid::bigint
+    SELECT (l.classid::bigint - 1885827445) * 2147483648 + l.objid::bigint
     FROM pg_catalog.pg_locks l
     WHERE l.locktype = 'advisory'
-      AND l.classid = 1885827445
+      AND l.classid::bigint BETWEEN 1885827445 AND 1885827445 + 65535  -- ids below 2^47
       AND l.objsubid = 2
       AND l.granted
       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
@@ -763,7 +766,7 @@ SET search_path = pg_catalog, pgqueue, pg_temp
 AS $$
     SELECT j.id, j.queue, j.name, j.data, j.priority,
            CASE WHEN j.status = 'pending'
-                     AND (j.id % 2147483648) IN (SELECT pgqueue.running_keys())
+                     AND j.id IN (SELECT pgqueue.running_keys())
                 THEN 'running' ELSE j.status END,
            j.scheduled_at, j.attempts, j.max_attempts, j.retry, j.last_error, j.result,
            j.created_at, j.updated_at, j.completed_at, j.schedule, j.timeout, j.crashes,
@@ -792,7 +795,7 @@ AS $$
            count(*) FILTER (WHERE s.running)
     FROM (
         SELECT j.scheduled_at,
-               j.status = 'running' OR (j.id % 2147483648) IN (SELECT k FROM running) AS running
+               j.status = 'running' OR j.id IN (SELECT k FROM running) AS running
         FROM pgqueue.jobs j
         WHERE j.status IN ('pending', 'running')
           AND (p_queues IS NULL OR j.queue = ANY (p_queues))
@@ -833,7 +836,7 @@ AS $$
     SELECT j.queue, j.name,
            CASE
                WHEN j.status <> 'pending' THEN j.status
-               WHEN (j.id % 2147483648) IN (SELECT k FROM running) THEN 'running'
+               WHEN j.id IN (SELECT k FROM running) THEN 'running'
                WHEN j.scheduled_at > now() THEN 'scheduled'
                ELSE 'pending'
            END AS state,
@@ -865,7 +868,7 @@ AS $$
     WITH running AS MATERIALIZED (SELECT pgqueue.running_keys() AS k)
     SELECT j.queue, j.name,
            CASE
-               WHEN (j.id % 2147483648) IN (SELECT k FROM running) THEN 'running'
+               WHEN j.id IN (SELECT k FROM running) THEN 'running'
                WHEN j.scheduled_at > now() THEN 'scheduled'
                ELSE 'pending'
            END,
@@ -909,6 +912,38 @@ END;
 $$;
 
 
+-- Whether a queue runs more jobs than p_max right now: the slots held (any
+-- slot: a limit lowered meanwhile leaves some held past it) plus its jobs
+-- running in lease mode, which hold no slot. Locks are read first, and the
+-- jobs in a statement of their own, on a snapshot taken after: a claim
+-- commits before it lets its slot go, so a job moving from one to the other
+-- is seen at least once (one statement's snapshot, taken before the locks
+-- are read, could miss it in both).
+CREATE OR REPLACE FUNCTION pgqueue.queue_over(p_queue text, p_max integer) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgqueue, pg_temp
+AS $$
+DECLARE
+    v_held bigint;
+    v_running bigint;
+BEGIN
+    SELECT count(*) INTO v_held
+    FROM pg_catalog.pg_locks l
+    WHERE l.locktype = 'advisory'
+      AND l.classid = pg_catalog.hashtext('pgqueue.queue:' || p_queue)::oid
+      AND l.objsubid = 2
+      AND l.granted
+      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                        WHERE d.datname = pg_catalog.current_database());
+    SELECT count(*) INTO v_running
+    FROM (SELECT 1 FROM pgqueue.jobs r
+          WHERE r.status = 'running' AND r.queue = p_queue
+          ORDER BY r.lease_until) r;  -- on jobs_lease_idx
+    RETURN v_held + v_running > p_max;
+END;
+$$;
+
+
 -- pgqueue.dequeue for when some queue in reach has max_concurrency: claim
 -- one job at a time and, for a limited queue, a free slot with it. Each job
 -- is found, and its queue's slot checked, in a subtransaction that is then
@@ -920,12 +955,13 @@ $$;
 -- claim took in between (a slot taken again but left without its job is
 -- used for the queue's next job, or held, unused, until the transaction
 -- ends). Lease-mode jobs hold no slot while they run (their claim
--- committed): while a queue has some, the slots held right now (pg_locks)
--- plus its running jobs must stay within the limit. Locks are counted
--- first: a claim commits before it lets its slot go, so a job moving from
--- one to the other is seen at least once. Crashed jobs are settled, and
--- jobs that crashed before are claimed alone, as in pgqueue.dequeue (one
--- met after others were claimed is left for a later claim).
+-- committed), and a limit lowered leaves slots held past it: the slots held
+-- right now plus the running lease-mode jobs must stay within the limit
+-- (pgqueue.queue_over), checked once the slot is taken again (checked before
+-- that, two claims could both pass while the slot was free between). Crashed
+-- jobs are settled, and jobs that crashed before are claimed alone, as in
+-- pgqueue.dequeue (one met after others were claimed is left for a later
+-- claim).
 CREATE OR REPLACE FUNCTION pgqueue.dequeue_limited(
     p_limit integer,
     p_queues text[],
@@ -944,8 +980,6 @@ DECLARE
     v_next_slot jsonb := '{}';
     v_max integer;
     v_slot integer;
-    v_held bigint;
-    v_running bigint;
     v_aside bigint[] := '{}';
 BEGIN
     WHILE cardinality(v_ids) < p_limit LOOP
@@ -981,27 +1015,6 @@ BEGIN
                 IF v_slot IS NULL THEN
                     RAISE EXCEPTION 'queue % is full', v_job.queue USING ERRCODE = 'PGQ01';
                 END IF;
-                SELECT count(*) INTO v_running
-                FROM (SELECT 1 FROM pgqueue.jobs r
-                      WHERE r.status = 'running' AND r.queue = v_job.queue
-                      ORDER BY r.lease_until) r;  -- on jobs_lease_idx, as in pgqueue.dequeue
-                IF v_running > 0 THEN
-                    SELECT count(*) INTO v_held
-                    FROM pg_catalog.pg_locks l
-                    WHERE l.locktype = 'advisory'
-                      AND l.classid = pg_catalog.hashtext('pgqueue.queue:' || v_job.queue)::oid
-                      AND l.objsubid = 2
-                      AND l.granted
-                      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                        WHERE d.datname = pg_catalog.current_database());
-                    SELECT count(*) INTO v_running
-                    FROM (SELECT 1 FROM pgqueue.jobs r
-                          WHERE r.status = 'running' AND r.queue = v_job.queue
-                          ORDER BY r.lease_until) r;
-                    IF v_held + v_running > v_max THEN
-                        RAISE EXCEPTION 'queue % is full', v_job.queue USING ERRCODE = 'PGQ01';
-                    END IF;
-                END IF;
             END IF;
             v_pick := v_job.id;
             RAISE EXCEPTION 'let go' USING ERRCODE = 'PGQ02';  -- to take it again below
@@ -1015,6 +1028,11 @@ BEGIN
         IF v_slot IS NOT NULL
            AND pgqueue.take_slot(v_job.queue, v_slot + 1, v_slot) IS NULL THEN
             v_full := v_full || v_job.queue;  -- another claim took the slot meanwhile
+            CONTINUE;
+        END IF;
+        IF v_slot IS NOT NULL AND pgqueue.queue_over(v_job.queue, v_max) THEN
+            -- The slot stays held, unused, until the transaction ends.
+            v_full := v_full || v_job.queue;
             CONTINUE;
         END IF;
         SELECT * INTO v_job FROM pgqueue.jobs j
@@ -1037,7 +1055,8 @@ BEGIN
         IF v_slot IS NOT NULL THEN
             v_next_slot := v_next_slot || jsonb_build_object(v_job.queue, v_slot + 1);
         END IF;
-        PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445, (v_job.id % 2147483648)::integer);
+        PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445 + (v_job.id / 2147483648)::integer,
+                                                 (v_job.id % 2147483648)::integer);
         v_ids := v_ids || v_job.id;
         v_job.attempts := v_job.attempts + 1;
         RETURN NEXT v_job;
@@ -1091,7 +1110,7 @@ AS $$
           AND (p_name IS NULL OR j.name = p_name)
           AND (p_queue IS NULL OR j.queue = p_queue)
           AND (p_data IS NULL OR j.data @> p_data)
-          AND (j.id % 2147483648) NOT IN (SELECT k FROM running)
+          AND j.id NOT IN (SELECT k FROM running)
         ORDER BY j.id
         FOR UPDATE OF j
     ), cancelled AS (
@@ -1103,7 +1122,7 @@ AS $$
         SELECT j.id FROM pgqueue.jobs j
         WHERE j.schedule IS NOT NULL
           AND (j.status = 'running'
-               OR (j.status = 'pending' AND (j.id % 2147483648) IN (SELECT k FROM running)))
+               OR (j.status = 'pending' AND j.id IN (SELECT k FROM running)))
           AND (p_name IS NULL OR j.name = p_name)
           AND (p_queue IS NULL OR j.queue = p_queue)
           AND (p_data IS NULL OR j.data @> p_data)
@@ -1125,7 +1144,7 @@ AS $$
     ), picked AS (
         SELECT j.id FROM pgqueue.jobs j
         WHERE j.id = p_id AND j.status = 'pending'
-          AND (j.id % 2147483648) NOT IN (SELECT k FROM running)
+          AND j.id NOT IN (SELECT k FROM running)
         FOR UPDATE OF j
     ), cancelled AS (
         UPDATE pgqueue.jobs j SET status = 'cancelled', updated_at = now()
@@ -1136,7 +1155,7 @@ AS $$
         SELECT j.id FROM pgqueue.jobs j
         WHERE j.id = p_id AND j.schedule IS NOT NULL
           AND (j.status = 'running'
-               OR (j.status = 'pending' AND (j.id % 2147483648) IN (SELECT k FROM running)))
+               OR (j.status = 'pending' AND j.id IN (SELECT k FROM running)))
         ON CONFLICT (job_id) DO NOTHING
     )
     SELECT count(*) = 1 FROM cancelled;
@@ -1215,7 +1234,7 @@ DECLARE
 BEGIN
     SELECT * INTO v_job FROM pgqueue.jobs j
     WHERE j.id = p_id AND j.status = 'pending'
-      AND (j.id % 2147483648) NOT IN (SELECT pgqueue.running_keys())
+      AND j.id NOT IN (SELECT pgqueue.running_keys())
     FOR UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -1275,7 +1294,7 @@ AS $$
         SELECT j.id FROM pgqueue.jobs j
         WHERE (p_queue IS NULL OR j.queue = p_queue)
           AND j.status <> 'running'
-          AND NOT (j.status = 'pending' AND (j.id % 2147483648) IN (SELECT k FROM running))
+          AND NOT (j.status = 'pending' AND j.id IN (SELECT k FROM running))
         ORDER BY j.id
         FOR UPDATE OF j
     ), deleted AS (

@@ -114,7 +114,7 @@ BEGIN
             -- the same (handlers may enqueue), and run jobs
             ('pgqueue_worker', ARRAY['enqueue', 'get_job', 'running_keys', 'queue_size',
                                      'average_time_to_completion', 'status_counts',
-                                     'count_jobs', 'dequeue', 'dequeue_limited', 'take_slot',
+                                     'count_jobs', 'dequeue', 'dequeue_limited', 'take_slot', 'queue_over',
                                      'complete', 'complete_many', 'fail', 'fail_attempt',
                                      'retry_delay', 'run_recurring', 'repeat_job',
                                      'interval_from_json', 'cleanup',

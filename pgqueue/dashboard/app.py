@@ -403,7 +403,7 @@ class _Dashboard:
             queue,
             who,
             count,
-            extra={"action": "retry-failed", "name": name, "queue": queue, "who": who},
+            extra={"action": "retry-failed", "job_name": name, "queue": queue, "who": who},
         )
         query = urlencode(
             {"done": "retry-failed", "ok": int(count > 0), "count": count, "name": name}

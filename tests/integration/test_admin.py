@@ -191,6 +191,33 @@ def test_retrying_a_cancelled_recurring_row_does_not_collide_with_its_replacemen
 # -- clear ----------------------------------------------------------------------------------
 
 
+def test_a_job_whose_id_is_a_running_ones_plus_2_31_is_not_taken_for_running(
+    conn: psycopg.Connection[Any], blocked: Blocker
+) -> None:
+    # The running marker (an advisory lock) was keyed by the id modulo 2^31: once ids passed
+    # 2^31, a pending job looked running while another ran, and could not be cancelled,
+    # cleared or run now.
+    runner = pgqueue.add_job_to_queue(conn, name="slow")
+    assert blocked.started.wait_for(1) == [runner]
+    conn.execute(
+        "SELECT setval(pg_get_serial_sequence('pgqueue.jobs', 'id'), %s)", (2**31 + runner - 1,)
+    )
+    twin = pgqueue.add_job_to_queue(conn, name="other", queue="z")
+    assert twin == runner + 2**31
+
+    assert (get(conn, runner).status, get(conn, twin).status) == ("running", "pending")
+    assert [job.id for job in pgqueue.list_jobs(conn, status="running")] == [runner]
+    assert pgqueue.pending_queue_size(conn, queues=["z"]) == {
+        "pending_count": 1,
+        "scheduled_count": 0,
+        "running_count": 0,
+    }
+    assert pgqueue.run_job_now(conn, twin) is not None
+    assert pgqueue.cancel_job(conn, twin) is True
+    assert pgqueue.clear_jobs(conn, queue="z") == 1
+    assert status(conn, runner) == "running"
+
+
 def test_clear_jobs_deletes_everything_but_running_jobs(
     conn: psycopg.Connection[Any], blocked: Blocker
 ) -> None:

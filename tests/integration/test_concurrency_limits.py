@@ -273,3 +273,40 @@ def test_changing_max_concurrency_applies_to_new_claims_and_none_removes_the_lim
         wait_until(lambda: _count(conn, "limited", "completed") == 18, what="the unlimited jobs")
     assert max_overlap(recorder.intervals(unlimited)) >= 3, "without a limit all slots are used"
     assert scalar(conn, "SELECT max_concurrency FROM pgqueue.queues WHERE name = 'limited'") is None
+
+
+def test_a_lowered_limit_counts_the_jobs_holding_slots_past_it(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    # Slots are numbered below the limit: jobs that took slots 2 and 3 under a limit of 4 held
+    # nothing a limit of 2 looked at, and two more jobs started beside them.
+    pgqueue.configure_queue(conn, "limited", max_concurrency=4)
+    recorder = _Recorder()
+    releases: dict[int, threading.Event] = {}
+
+    def handler(c: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        recorder.start(job.id)
+        if job.id in releases:
+            assert releases[job.id].wait(30)
+        else:
+            time.sleep(0.05)
+        recorder.end(job.id)
+
+    blockers = [pgqueue.add_job_to_queue(conn, queue="limited", priority=0) for _ in range(4)]
+    releases.update({job_id: threading.Event() for job_id in blockers})
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, parallel_count=6, poll_interval=0.05)
+    with running(worker):
+        wait_until(lambda: recorder.open_count(blockers) == 4, what="the four to run")
+        first, second, *rest = sorted(blockers, key=lambda job_id: recorder.runs[job_id][0])
+        releases[first].set()  # the first two claimed hold the lowest slots
+        releases[second].set()
+        wait_until(lambda: _count(conn, "limited", "completed") == 2, what="two to finish")
+        pgqueue.configure_queue(conn, "limited", max_concurrency=2)
+        later = pgqueue.add_jobs_to_queue(conn, [{"queue": "limited"} for _ in range(3)])
+        time.sleep(0.5)  # ten polls: none of them may start while the two run
+        assert recorder.open_count(later) == 0
+        assert all(job_id not in recorder.runs for job_id in later)
+        for job_id in rest:
+            releases[job_id].set()
+        wait_until(lambda: _count(conn, "limited", "completed") == 7, what="the rest to finish")
+    assert max_overlap(recorder.intervals([*rest, *later])) <= 2
