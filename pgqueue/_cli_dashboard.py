@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from ._cli_options import add_app, database, open_connection, option, positive_int
 from .errors import ConfigurationError
 from .migrate import check_schema
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["add_dashboard_command", "cmd_dashboard"]
 
@@ -67,6 +70,10 @@ def _metrics_routes(dsn: str) -> list[Any]:
 
         from .metrics import make_asgi_app  # noqa: PLC0415
     except ImportError:
+        logger.warning(
+            "no Prometheus scrape at /metrics: install the metrics extra "
+            "(pip install 'pgqueue[metrics]') to serve one"
+        )
         return []
     return [Route("/metrics", make_asgi_app(dsn))]
 

@@ -55,7 +55,7 @@ def connection(sql: SqlTarget) -> AbstractContextManager[psycopg.Connection[Any]
     )
 
 
-def _translated(exc: BaseException) -> Exception | None:
+def translated_error(exc: BaseException) -> Exception | None:
     """The pgqueue error that a psycopg error means, or None when it keeps its own type."""
     if isinstance(
         exc, (pg_errors.UndefinedFunction, pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
@@ -90,7 +90,7 @@ class _TranslateErrors:
         pass
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> Literal[False]:
-        translated = None if exc is None else _translated(exc)
+        translated = None if exc is None else translated_error(exc)
         if translated is None:
             return False
         raise translated from exc

@@ -30,7 +30,7 @@ from ._wire import ClaimTransaction, Statement, StatementDropped, Traffic, state
 from .builtins import BUILTIN_NAMES, RECURRING_JOB_NAME, next_run, run_builtin
 from .errors import JobFailed
 from .records import JobRecord, WorkerStats
-from .supervisor import Supervisor, new_token
+from .supervisor import Supervisor, Watch, new_token
 from .timeouts import server_limit_ms
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class ClaimRunner:
                             error, result = self._run_handler(conn, job)
                 finally:
                     if watch is not None and self._supervisor.disarm(watch):
-                        self._abandon(conn, job)
+                        self._abandon(conn, watch)
                 clean = limits == before and not (traffic is not None and traffic.used)
                 if error is None:
                     done.append((job, result))
@@ -283,11 +283,24 @@ class ClaimRunner:
         """The job's own timeout, else the worker's."""
         return job.timeout if job.timeout is not None else self.timeout
 
-    def _abandon(self, conn: psycopg.Connection[Any], job: JobRecord) -> NoReturn:
-        """The watchdog has ended ``job``'s attempt: drop the slot's connection and claim."""
+    def _abandon(self, conn: psycopg.Connection[Any], watch: Watch) -> NoReturn:
+        """The watchdog has ended the watched attempt: count it, drop the slot's connection
+        and claim."""
+        self.count_timeout(watch)
         with contextlib.suppress(Exception):
             conn.close()
-        raise _Abandoned(f"job {job.id} timed out")
+        raise _Abandoned(f"job {watch.job.id} timed out")
+
+    def count_timeout(self, watch: Watch) -> None:
+        """Count the attempt the watchdog ended in the worker's stats and metrics, once (the
+        watchdog logged it): when its handler comes back, or is given up for an orphan."""
+        with watch.lock:
+            if watch.counted:
+                return
+            watch.counted = True
+        if self._metrics is not None:
+            self._metrics.job_failed(watch.job)
+        count_failure(self.stats, watch.job, watch.outcome)
 
     def _call_handler(
         self, conn: psycopg.Connection[Any], job: JobRecord
@@ -494,12 +507,18 @@ def log_done(stats: WorkerStats, job: JobRecord) -> None:
         logger.debug("job %d (%s) completed", job.id, job.name, extra=_extra(job, "complete"))
 
 
+def count_failure(stats: WorkerStats, job: JobRecord, row: tuple[Any, ...] | None) -> None:
+    """Count a failed attempt in ``stats`` (``row``: its outcome, status first): failed for
+    good, or to be retried. pgqueue's own jobs are not counted."""
+    if job.name not in BUILTIN_NAMES:
+        stats.add("failed" if row is not None and row[0] == "failed" else "retried")
+
+
 def log_failure(
     stats: WorkerStats, job: JobRecord, error: str, row: tuple[Any, ...] | None
 ) -> None:
     """Count and log a failed attempt; ``row`` is pgqueue.fail's answer."""
-    if job.name not in BUILTIN_NAMES:
-        stats.add("failed" if row is not None and row[0] == "failed" else "retried")
+    count_failure(stats, job, row)
     if row is None:
         logger.warning("job %d (%s) failed but is no longer pending", job.id, job.name)
     elif row[0] == "failed":

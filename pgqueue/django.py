@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 import traceback
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -26,6 +27,7 @@ import psycopg
 
 from . import _queries as q
 from . import _tracing
+from ._db import translated_error
 from ._input import enqueue_params
 from .errors import ConfigurationError, JobFailed
 from .records import JobRecord, JobStatus
@@ -150,7 +152,11 @@ class PgQueueBackend(BaseTaskBackend):  # type: ignore[misc]
             },
         )
         span = _tracing.enqueue_span((params,))  # None unless a tracer provider is set
-        with contextlib.nullcontext() if span is None else span, self._db().cursor() as cursor:
+        with (
+            contextlib.nullcontext() if span is None else span,
+            _pgqueue_errors(),
+            self._db().cursor() as cursor,
+        ):
             cursor.execute(q.ENQUEUE, (*params, None if span is None else span.carrier))
             job_id = cursor.fetchone()[0]
             if span is not None:
@@ -180,7 +186,7 @@ class PgQueueBackend(BaseTaskBackend):  # type: ignore[misc]
             raise TaskResultDoesNotExist(result_id) from None
         if not -(2**63) <= job_id < 2**63:
             raise TaskResultDoesNotExist(result_id)
-        with self._db().cursor() as cursor:
+        with _pgqueue_errors(), self._db().cursor() as cursor:
             cursor.execute(q.GET_JOB, (job_id,))
             row = cursor.fetchone()
         if row is None:
@@ -235,6 +241,8 @@ def _task_result(job: JobRecord) -> Any:
         stored = json.loads(job.result)
         value = stored["return_value"]
         started_at = _time(stored["started_at"])
+        if "finished_at" in stored:  # stored from 2026-12-07 on
+            finished_at = _time(stored["finished_at"])
         if worker_ids:
             worker_ids[-1] = stored["worker"]
     if job.last_error is not None and job.status != JobStatus.COMPLETED:
@@ -251,8 +259,12 @@ def _task_result(job: JobRecord) -> Any:
             )
         )
     status = _STATUS[job.status]
-    if status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+    if status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED) and finished_at is None:
+        # The database's times are its transaction's start, before the task ran: never
+        # earlier than the attempt's start, then.
         finished_at = job.completed_at or job.updated_at
+        if started_at is not None and finished_at is not None:
+            finished_at = max(finished_at, started_at)
     if job.status == JobStatus.RUNNING:
         started_at = None  # the running attempt's start is not stored
     result = TaskResult(
@@ -334,6 +346,19 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@contextlib.contextmanager
+def _pgqueue_errors() -> Iterator[None]:
+    """Django's database errors as pgqueue raises the psycopg errors they wrap: a missing
+    schema is a SchemaNotMigratedError that says to migrate, and so on."""
+    try:
+        yield
+    except Exception as exc:
+        translated = None if exc.__cause__ is None else translated_error(exc.__cause__)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
 def run_task(conn: psycopg.Connection[Any], job: JobRecord) -> str:
     """The worker's handler for :data:`JOB_NAME` jobs: run the Django task, return its result.
 
@@ -370,10 +395,12 @@ def run_task(conn: psycopg.Connection[Any], job: JobRecord) -> str:
             value = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
         else:
             value = task.call(*result.args, **result.kwargs)
+        finished_at = datetime.now(UTC)
         stored = json.dumps(
             {
                 "return_value": normalize_json(value),
                 "started_at": started_at.isoformat(),
+                "finished_at": finished_at.isoformat(),
                 "worker": worker,
             },
             allow_nan=False,
@@ -397,7 +424,7 @@ def run_task(conn: psycopg.Connection[Any], job: JobRecord) -> str:
     finally:
         close_old_connections()
     object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-    object.__setattr__(result, "finished_at", datetime.now(UTC))
+    object.__setattr__(result, "finished_at", finished_at)
     object.__setattr__(result, "_return_value", json.loads(stored)["return_value"])
     task_finished.send(type(backend), task_result=result)
     return stored

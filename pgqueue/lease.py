@@ -91,8 +91,8 @@ def _run(
     finally:
         supervisor.release(job)
         fired = watch is not None and supervisor.disarm(watch)
-    if fired:
-        worker._abandon(conn, job)
+    if fired and watch is not None:
+        worker._abandon(conn, watch)
     if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         if error is None:
             error = (

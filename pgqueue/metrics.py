@@ -33,7 +33,6 @@ from .records import JobRecord
 
 try:
     from prometheus_client import (
-        CONTENT_TYPE_LATEST,
         REGISTRY,
         CollectorRegistry,
         Counter,
@@ -67,8 +66,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The content type of :func:`render`'s output (Prometheus text format 0.0.4).
-CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+#: The content type of :func:`render`'s output (Prometheus text format 0.0.4), which the servers
+#: here send too. (prometheus-client's CONTENT_TYPE_LATEST names version 1.0.0 from 0.22 on.)
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Seconds: completed, failed and cancelled jobs are counted when they finished this recently.
 DEFAULT_FINISHED_WINDOW: Final = 300.0
 #: The values of the ``status`` label of ``pgqueue_jobs``, in order.
@@ -124,6 +124,11 @@ class QueueDepthCollector(Collector):
             raise ConfigurationError(
                 "sql must be a DSN, a psycopg Connection or a ConnectionPool, "
                 f"got {type(sql).__name__}"
+            )
+        if isinstance(sql, psycopg.Connection) and not sql.autocommit:
+            raise ConfigurationError(
+                "a Connection for metrics must be in autocommit mode (autocommit=True): "
+                "each scrape would leave it idle in a transaction"
             )
         if finished_window is not None and (
             isinstance(finished_window, bool)

@@ -213,6 +213,10 @@ class Watch:
         self.disarmed = False
         #: Set once the watchdog has ended the attempt (after firing).
         self.settled = threading.Event()
+        #: The attempt's outcome once settled (status, scheduled_at, attempts), if known.
+        self.outcome: tuple[Any, ...] | None = None
+        #: Counted in the worker's stats and metrics (see ClaimRunner.count_timeout).
+        self.counted = False
         #: Set when the handler's slot came back (disarm).
         self.returned = threading.Event()
 
@@ -517,6 +521,7 @@ class Supervisor:
                 extra=extra,
             )
         finally:
+            watch.outcome = row
             self.end_claim(watch.token)
             watch.settled.set()
         if not watch.returned.wait(ORPHAN_GRACE):

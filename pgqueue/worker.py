@@ -371,6 +371,7 @@ class JobQueueWorker(ClaimRunner):
     def _on_orphan(self, owner: object, watch: Watch) -> None:
         """A timed-out handler has not returned: let its slot go and start another in its place."""
         assert isinstance(owner, _Slot)
+        self.count_timeout(watch)
         with self._slots_lock:
             if owner.orphaned:
                 return

@@ -1,4 +1,4 @@
-"""``python -m django_project.steps enqueue|results IDS_JSON``: one side of the Django test.
+"""``python -m django_project.steps enqueue|results IDS_JSON|...``: one side of the Django test.
 
 ``enqueue`` enqueues through a request (django.test.Client, ATOMIC_REQUESTS) and in
 ``transaction.atomic()`` blocks, and prints the result ids as JSON; ``results`` reads them
@@ -101,8 +101,8 @@ def results(ids: dict[str, Any]) -> dict[str, Any]:
             "priority": result.task.priority,
             "queue_name": result.task.queue_name,
             "enqueued_at": result.enqueued_at is not None,
-            "started_at": result.started_at is not None,
-            "finished_at": result.finished_at is not None,
+            "started_at": None if result.started_at is None else result.started_at.isoformat(),
+            "finished_at": None if result.finished_at is None else result.finished_at.isoformat(),
             "errors": [
                 {
                     "path": error.exception_class_path,
@@ -142,6 +142,11 @@ if __name__ == "__main__":
         print(json.dumps(enqueue()))
     elif sys.argv[1] == "wait":
         print(json.dumps({"wait_for": tasks.wait_for.enqueue(sys.argv[2]).id}))
+    elif sys.argv[1] == "unmigrated":
+        try:
+            tasks.explode.enqueue("never stored")
+        except Exception as exc:
+            print(json.dumps({"enqueue": f"{type(exc).__name__}: {exc}"}))
     elif sys.argv[1] == "explode":
         print(json.dumps(explode_once()))
     else:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,11 @@ def test_django_tasks_enqueue_in_the_transaction_run_in_a_worker_and_report_resu
         assert results[key]["errors"] == []
         assert results[key]["started_at"]
         assert results[key]["finished_at"]
+        # Once the database's completion time, its transaction's start: before the task's.
+        started, finished = (
+            datetime.fromisoformat(results[key][k]) for k in ("started_at", "finished_at")
+        )
+        assert finished >= started
     assert results["committed"]["args"] == [40, 2]
     assert results["note"]["priority"] == 50
     assert results["note"]["queue_name"] == "emails"
@@ -165,6 +171,9 @@ def test_django_tasks_enqueue_in_the_transaction_run_in_a_worker_and_report_resu
     assert failed["attempts"] == 1
     assert failed["started_at"]
     assert failed["finished_at"]
+    assert datetime.fromisoformat(failed["finished_at"]) >= datetime.fromisoformat(
+        failed["started_at"]
+    )
     [error] = failed["errors"]
     assert error["path"] == "builtins.ValueError"
     assert error["class"] == "ValueError"
@@ -290,3 +299,10 @@ def _watch_running(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+def test_enqueue_on_a_database_never_migrated_says_to_migrate(empty_dsn: str) -> None:
+    # It raised Django's ProgrammingError: relation "pgqueue.jobs" does not exist.
+    said = _step(empty_dsn, "unmigrated")["enqueue"]
+    assert said.startswith("SchemaNotMigratedError: pgqueue's schema is missing")
+    assert "run `pgqueue migrate`" in said

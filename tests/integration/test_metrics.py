@@ -185,6 +185,13 @@ def test_render_takes_a_pool_or_a_connection(dsn: str, conn: psycopg.Connection[
     assert from_pool == from_conn == states("q", "n", pending=1)
 
 
+def test_a_connection_not_in_autocommit_is_refused(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        with pytest.raises(pgqueue.ConfigurationError, match="autocommit"):
+            pgqueue.metrics.render(conn, registry=None)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
 def test_an_unreachable_database_is_pgqueue_up_0_not_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -218,6 +225,8 @@ def test_the_asgi_app_serves_text_and_openmetrics(dsn: str, conn: psycopg.Connec
     start, body = asyncio.run(get(b"*/*"))
     assert start["status"] == 200
     assert dict(start["headers"])[b"content-type"].startswith(b"text/plain; version=0.0.4")
+    # What render()'s callers are told to send: the same.
+    assert dict(start["headers"])[b"content-type"] == pgqueue.metrics.CONTENT_TYPE.encode()
     assert depth(parse(body.decode()))[("q", "n", "pending")] == 1
 
     start, body = asyncio.run(get(b"application/openmetrics-text; version=1.0.0"))

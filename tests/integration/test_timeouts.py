@@ -85,6 +85,8 @@ def test_a_handler_stuck_in_python_times_out_and_its_slot_goes_on(
     assert job.last_error.startswith("JobTimeout: timed out after 0.5 s (attempt 1 of 1")
     assert result_ids(conn) == [after], "the stuck job's write died with its transaction"
     assert "its handler still runs after its 0.5 s timeout" in caplog.text
+    # Counted once, when its slot was given up (the watchdog recorded it; it was not counted).
+    assert worker.stats.as_dict() == {"completed": 1, "retried": 0, "failed": 1}
 
 
 def test_a_handler_stuck_in_sql_times_out_and_the_slot_recovers_itself(
@@ -106,7 +108,8 @@ def test_a_handler_stuck_in_sql_times_out_and_the_slot_recovers_itself(
 
     caplog.set_level(logging.WARNING, logger="pgqueue")
     started = time.monotonic()
-    with running(pgqueue.JobQueueWorker(dsn, handler=handler, poll_interval=0.1, timeout=0.5)):
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, poll_interval=0.1, timeout=0.5)
+    with running(worker):
         wait_until(lambda: status(conn, after) == "completed", what="the job after it")
         elapsed = time.monotonic() - started
     assert [issubclass(e, psycopg.OperationalError) for e in errors.items] == [True]  # terminated
@@ -120,6 +123,7 @@ def test_a_handler_stuck_in_sql_times_out_and_the_slot_recovers_itself(
     assert result_ids(conn) == [after]
     # The handler came back at once: the slot carried on in its own thread.
     assert "still runs after" not in caplog.text
+    assert worker.stats.as_dict() == {"completed": 1, "retried": 1, "failed": 0}
 
 
 def test_a_job_timeout_wins_over_the_worker_timeout(
