@@ -100,6 +100,13 @@ def test_demo_on_the_embedded_server(tmp_path: Path) -> None:
     assert demo_completed == numbers["completed"]
 
 
+def _interruptible() -> None:
+    """In the child: SIGINT at its default, so that Python turns it into KeyboardInterrupt. A
+    test run in a shell's background job (``&``) starts with SIGINT ignored, and a child that
+    inherits that installs no handler: the demo then ran on, as ``pgqueue demo &`` would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_demo_exits_quietly(
     dsn: str, tmp_path: Path, sig: signal.Signals, code: int
@@ -111,6 +118,7 @@ def test_interrupted_demo_exits_quietly(
             stdout=subprocess.DEVNULL,
             stderr=err_file,
             env=clean_env(),
+            preexec_fn=_interruptible,  # noqa: PLW1509 (a test, no threads that matter)
         )
     try:
         wait_until(lambda: "[" in err.read_text(), timeout=60, what="the progress bar")
