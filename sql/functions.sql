@@ -14,8 +14,8 @@
 -- (keys 1885827445 = 'pgqu' plus the job id's quotient by 2^31, and its
 -- remainder: one lock per job id, the first key 'pgqu' for every id below
 -- 2^31; running_keys reads ids below 2^47), which pg_locks shows while the
--- job runs and Postgres drops with the transaction, crash or not. A job run in lease mode is stored as 'running'
--- with a lease_until.
+-- job runs and Postgres drops with the transaction, crash or not. A job run
+-- in lease mode is stored as 'running' with a lease_until.
 --
 -- Crashed attempts: before a handler runs, its worker records the start (the
 -- attempt number) in pgqueue.job_starts on a second connection, committed
