@@ -962,6 +962,17 @@ $$;
 -- jobs are settled, and jobs that crashed before are claimed alone, as in
 -- pgqueue.dequeue (one met after others were claimed is left for a later
 -- claim).
+--
+-- A claim found full may have been refused by another's check, which held
+-- the slot for an instant and may itself end with no job for it: both would
+-- end empty with jobs due, and no slot would look again before its next
+-- poll. So a slot taken again and found over the limit is let go at once (a
+-- subtransaction of its own), with a NOTIFY for its queue if there is room
+-- without it now (a lease-mode job it counted has ended); one taken again and
+-- left unused (its job taken, settled or set aside meanwhile, and no later
+-- job of its queue using it) is held to the end, with a NOTIFY. Nothing is
+-- sent while the queue stays full: idle slots would wake each other for as
+-- long as its jobs run.
 CREATE OR REPLACE FUNCTION pgqueue.dequeue_limited(
     p_limit integer,
     p_queues text[],
@@ -981,7 +992,10 @@ DECLARE
     v_max integer;
     v_slot integer;
     v_aside bigint[] := '{}';
+    v_spare text[] := '{}';  -- queues whose slot was taken again and is left unused
+    v_over text[] := '{}';   -- queues found over their limit with a slot taken again
 BEGIN
+    <<claiming>>
     WHILE cardinality(v_ids) < p_limit LOOP
         v_pick := NULL;
         v_slot := NULL;
@@ -999,7 +1013,7 @@ BEGIN
             LIMIT 1
             FOR UPDATE SKIP LOCKED;
             IF NOT FOUND THEN
-                RETURN;
+                EXIT claiming;
             END IF;
             IF cardinality(v_ids) > 0 AND (v_job.crashes > 0 OR EXISTS (
                 SELECT 1 FROM pgqueue.job_starts s
@@ -1025,15 +1039,21 @@ BEGIN
                 NULL;
         END;
         CONTINUE WHEN v_pick IS NULL;
-        IF v_slot IS NOT NULL
-           AND pgqueue.take_slot(v_job.queue, v_slot + 1, v_slot) IS NULL THEN
-            v_full := v_full || v_job.queue;  -- another claim took the slot meanwhile
-            CONTINUE;
-        END IF;
-        IF v_slot IS NOT NULL AND pgqueue.queue_over(v_job.queue, v_max) THEN
-            -- The slot stays held, unused, until the transaction ends.
-            v_full := v_full || v_job.queue;
-            CONTINUE;
+        IF v_slot IS NOT NULL THEN
+            BEGIN
+                IF pgqueue.take_slot(v_job.queue, v_slot + 1, v_slot) IS NULL THEN
+                    v_full := v_full || v_job.queue;  -- another claim took the slot meanwhile
+                    v_pick := NULL;
+                ELSIF pgqueue.queue_over(v_job.queue, v_max) THEN
+                    RAISE EXCEPTION 'queue % is over its limit', v_job.queue USING ERRCODE = 'PGQ03';
+                END IF;
+            EXCEPTION WHEN SQLSTATE 'PGQ03' THEN  -- the slot is let go at once
+                v_full := v_full || v_job.queue;
+                v_over := v_over || v_job.queue;
+                v_pick := NULL;
+            END;
+            CONTINUE WHEN v_pick IS NULL;
+            v_spare := v_spare || v_job.queue;  -- until a job uses it
         END IF;
         SELECT * INTO v_job FROM pgqueue.jobs j
         WHERE j.id = v_pick AND j.status = 'pending' AND j.scheduled_at <= now()
@@ -1054,16 +1074,20 @@ BEGIN
         END IF;
         IF v_slot IS NOT NULL THEN
             v_next_slot := v_next_slot || jsonb_build_object(v_job.queue, v_slot + 1);
+            v_spare := array_remove(v_spare, v_job.queue);
         END IF;
         PERFORM pg_catalog.pg_try_advisory_xact_lock(1885827445 + (v_job.id / 2147483648)::integer,
                                                  (v_job.id % 2147483648)::integer);
         v_ids := v_ids || v_job.id;
         v_job.attempts := v_job.attempts + 1;
         RETURN NEXT v_job;
-        IF v_job.crashes > 0 THEN
-            RETURN;  -- claimed alone
-        END IF;
+        EXIT claiming WHEN v_job.crashes > 0;  -- claimed alone
     END LOOP;
+    PERFORM pg_catalog.pg_notify('pgqueue_jobs', q.name)
+    FROM pgqueue.queues q
+    WHERE q.name = ANY (v_spare)
+       OR q.name = ANY (v_over)
+          AND NOT coalesce(pgqueue.queue_over(q.name, q.max_concurrency - 1), false);
 END;
 $$;
 

@@ -3,6 +3,7 @@ jobs at once than the limit, reach it, free a crashed process's slot, and leave 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -310,3 +311,66 @@ def test_a_lowered_limit_counts_the_jobs_holding_slots_past_it(
             releases[job_id].set()
         wait_until(lambda: _count(conn, "limited", "completed") == 7, what="the rest to finish")
     assert max_overlap(recorder.intervals([*rest, *later])) <= 2
+
+
+@pytest.mark.parametrize("lease", [None, 60.0], ids=["transactional", "lease"])
+def test_claims_racing_for_a_full_queue_leave_no_job_waiting_for_a_poll(
+    conn: psycopg.Connection[Any], dsn: str, lease: float | None
+) -> None:
+    # Two claims meet on the queue's one slot. One takes the slot again, then finds its job gone
+    # (the other's check held it for an instant) or the queue over its limit (a lease-mode job
+    # still running, which ended a moment later); the other found the slot held and ended empty.
+    # Both slots then slept until the next poll (a minute here) with jobs due: about one round
+    # in fifteen did (lease mode: one in a hundred or two) before such a claim let its slot go
+    # with a NOTIFY for the queue.
+    pgqueue.configure_queue(conn, "limited", max_concurrency=1)
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def handler(c: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        c.execute("SELECT 1")
+        with lock:
+            done.append(job.id)
+
+    worker = pgqueue.JobQueueWorker(
+        dsn, handler=handler, parallel_count=2, poll_interval=60, lease=lease
+    )
+    with running(worker):
+        for round_ in range(60):
+            ids = set(pgqueue.add_jobs_to_queue(conn, [{"queue": "limited"}] * 5))
+            wait_until(
+                functools.partial(ids.issubset, done),
+                timeout=10,
+                what=f"round {round_}'s jobs (a stall waits for the minute's poll)",
+            )
+
+
+def test_a_claim_that_finds_its_queue_over_the_limit_lets_the_slot_go_at_once(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    # A lease-mode job runs (it holds no slot); a claim finds the queue over its limit after
+    # taking the slot again. Holding that slot to the end of its transaction refused every
+    # other claim meanwhile, even the one of the worker whose job had just ended.
+    pgqueue.configure_queue(conn, "limited", max_concurrency=1)
+    leased, waiting = pgqueue.add_jobs_to_queue(conn, [{"queue": "limited"}] * 2)
+    with psycopg.connect(dsn) as runner:
+        claimed = runner.execute("SELECT id FROM pgqueue.dequeue(1, NULL, NULL)").fetchall()
+        assert claimed == [(leased,)]
+        runner.execute("SELECT pgqueue.lease_jobs(%s, 3600)", ([leased],))
+        runner.commit()
+    with (
+        psycopg.connect(dsn, autocommit=True) as listener,
+        psycopg.connect(dsn) as claimer,
+        psycopg.connect(dsn) as other,
+    ):
+        listener.execute("LISTEN pgqueue_jobs")
+        assert claimer.execute("SELECT id FROM pgqueue.dequeue(1, NULL, NULL)").fetchall() == []
+        # The claimer's transaction is still open: the slot is free all the same.
+        taken = other.execute("SELECT pgqueue.take_slot('limited', 1, 0)").fetchone()
+        assert taken == (0,)
+        other.rollback()
+        claimer.commit()
+        # Still full (the lease-mode job runs): no NOTIFY, or idle slots would wake each other
+        # for as long as it runs.
+        assert [n.payload for n in listener.notifies(timeout=0.5, stop_after=1)] == []
+    assert scalar(conn, "SELECT status FROM pgqueue.jobs WHERE id = %s", (waiting,)) == "pending"
