@@ -433,15 +433,22 @@ class _Run:
         restart = Restart(mode=mode, pg_ctl_s=pg_ctl_s)
         self.outcome.restarts.append(restart)
         limit = time.monotonic() + min(RECOVERY_LIMIT, max(self.remaining(), 1.0))
+        left = True
         while time.monotonic() < limit:
+            left = bool(self.admin.scalar(JOBS_NOT_DONE, (JOB_NAME,)))  # read first
             first = self.admin.scalar(FIRST_DONE_AFTER_START)
             if first is not None:
                 restart.recovery_s = max(0.0, float(first) - t0)
                 break
+            if not left:
+                break  # every job completed before the server went down
             time.sleep(0.05)
         reconnects = self.workers.reconnect_lines() - lines_before
         restart.reconnect_lines = reconnects
-        if restart.recovery_s is None:
+        if not left:
+            self.outcome.notes.append(f"{mode} restart not measured: no job left (more --jobs)")
+            self.log("  no job was left to run after the restart: its recovery is not measured")
+        elif restart.recovery_s is None:
             self.log(f"  no job completed within {RECOVERY_LIMIT:.0f} s of the restart")
         else:
             self.log(
