@@ -1086,8 +1086,8 @@ BEGIN
     PERFORM pg_catalog.pg_notify('pgqueue_jobs', q.name)
     FROM pgqueue.queues q
     WHERE q.name = ANY (v_spare)
-       OR q.name = ANY (v_over)
-          AND NOT coalesce(pgqueue.queue_over(q.name, q.max_concurrency - 1), false);
+       OR (q.name = ANY (v_over)
+           AND NOT coalesce(pgqueue.queue_over(q.name, q.max_concurrency - 1), false));
 END;
 $$;
 
