@@ -1083,11 +1083,13 @@ BEGIN
         RETURN NEXT v_job;
         EXIT claiming WHEN v_job.crashes > 0;  -- claimed alone
     END LOOP;
-    PERFORM pg_catalog.pg_notify('pgqueue_jobs', q.name)
-    FROM pgqueue.queues q
-    WHERE q.name = ANY (v_spare)
-       OR (q.name = ANY (v_over)
-           AND NOT coalesce(pgqueue.queue_over(q.name, q.max_concurrency - 1), false));
+    IF cardinality(v_spare) > 0 OR cardinality(v_over) > 0 THEN  -- rare: no query otherwise
+        PERFORM pg_catalog.pg_notify('pgqueue_jobs', q.name)
+        FROM pgqueue.queues q
+        WHERE q.name = ANY (v_spare)
+           OR (q.name = ANY (v_over)
+               AND NOT coalesce(pgqueue.queue_over(q.name, q.max_concurrency - 1), false));
+    END IF;
 END;
 $$;
 
