@@ -95,9 +95,10 @@ $$;
 -- p_queues / p_names NULL means "any".
 --
 -- The worker's usual claim is a plain statement doing the common case
--- (pgqueue._queries.claim_query: no lease expired, no concurrency limit in
--- reach, nothing crashed), which costs about half the server time of this
--- call; it comes here, in the same transaction, for the rest.
+-- (pgqueue._queries.claim_statement: no lease expired, no limited queue in
+-- reach with a pending job, nothing crashed), which costs about half the
+-- server time of this call; it comes here, in the same transaction, for the
+-- rest.
 --
 -- On the way, settles what crashed (see the top of this file): expired
 -- leases (pgqueue.rescue_leases), and jobs whose last attempt never finished

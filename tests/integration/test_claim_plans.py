@@ -76,3 +76,19 @@ def test_start_records_are_looked_up_by_their_ids(conn, bloated):
     # Matched with the finished pairs by a hash, not pair by pair: a plan made while the table
     # was empty nested the loops and compared every row with every pair (105 ms for 800).
     assert "Nested Loop" not in plan, plan
+
+
+@pytest.mark.parametrize("queues", [None, ["limited"], ["default", "limited"]])
+def test_a_limited_queue_is_asked_for_a_pending_job_through_its_index(conn, queues):
+    # With a limited queue in reach, the claim asks whether the queue has a pending job (if not,
+    # the plain claim goes on). Statistics taken while the table was empty must not make that
+    # question a read of every job, once per claim.
+    conn.execute("ANALYZE pgqueue.jobs")
+    pgqueue.configure_queue(conn, "limited", max_concurrency=1)
+    pgqueue.add_jobs_to_queue(conn, [{"name": "noop"} for _ in range(1000)])
+    conn.commit()
+    claim, params = q.claim_statement(1, queues, None)
+    with conn.transaction(force_rollback=True):
+        plan = generic_plan(conn, claim, params)
+    assert "jobs_queue_dequeue_idx on jobs l" in plan, plan
+    assert "Seq Scan on jobs l" not in plan, plan

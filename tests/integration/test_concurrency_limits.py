@@ -18,9 +18,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from worker_helpers import db_now, running, scalar, wait_until
+from worker_helpers import db_now, running, scalar, status, wait_until
 
 import pgqueue
+from pgqueue import _queries, _wire
 
 # Each handler call records its run in `runs`: the start through a connection of its own
 # (committed at once, so a test sees which jobs run right now), the end inside the job's
@@ -374,3 +375,48 @@ def test_a_claim_that_finds_its_queue_over_the_limit_lets_the_slot_go_at_once(
         # for as long as it runs.
         assert [n.payload for n in listener.notifies(timeout=0.5, stop_after=1)] == []
     assert scalar(conn, "SELECT status FROM pgqueue.jobs WHERE id = %s", (waiting,)) == "pending"
+
+
+def test_a_limited_queue_with_no_pending_job_leaves_the_other_queues_the_plain_claim(
+    conn: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker of every queue has every limited queue in reach. Any limit sent each of its
+    # claims through pgqueue.dequeue, at about half the rate, even with the limited queue empty.
+    pgqueue.configure_queue(conn, "limited", max_concurrency=1)
+    dequeues: list[int] = []  # the claims that went through pgqueue.dequeue
+    run = _wire.ClaimTransaction.run
+
+    def counted(self: Any, statements: Any) -> Any:
+        dequeues.extend(1 for s in statements if s.sql == _queries.DEQUEUE_WIRE)
+        return run(self, statements)
+
+    monkeypatch.setattr(_wire.ClaimTransaction, "run", counted)
+
+    def handler(c: psycopg.Connection[Any], job: pgqueue.JobRecord) -> None:
+        pass
+
+    def work_off() -> dict[str, int]:
+        worker = pgqueue.JobQueueWorker(dsn, handler=handler, parallel_count=2, poll_interval=9)
+        return worker.work_off().as_dict()
+
+    plain = pgqueue.add_jobs_to_queue(conn, [{"name": "noop"}] * 4)
+    assert work_off() == {"completed": 4, "retried": 0, "failed": 0}
+    assert dequeues == []
+    assert {status(conn, job_id) for job_id in plain} == {"completed"}
+
+    # A pending job of the limited queue (a running one is pending too) sends the claims of
+    # the workers that reach it through pgqueue.dequeue, which keeps the limit.
+    limited = pgqueue.add_jobs_to_queue(conn, [{"name": "noop", "queue": "limited"}] * 2)
+    other = pgqueue.add_job_to_queue(conn, name="noop")
+    assert work_off() == {"completed": 3, "retried": 0, "failed": 0}
+    assert dequeues
+    assert {status(conn, job_id) for job_id in [*limited, other]} == {"completed"}
+
+    # A worker of other queues only never has it in reach.
+    dequeues.clear()
+    pgqueue.add_job_to_queue(conn, name="noop", queue="limited")
+    elsewhere = pgqueue.add_job_to_queue(conn, name="noop", queue="elsewhere")
+    worker = pgqueue.JobQueueWorker(dsn, handler=handler, queues=["elsewhere"], poll_interval=9)
+    assert worker.work_off().as_dict() == {"completed": 1, "retried": 0, "failed": 0}
+    assert dequeues == []
+    assert status(conn, elsewhere) == "completed"
