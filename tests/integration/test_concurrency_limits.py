@@ -412,7 +412,7 @@ def test_a_limited_queue_with_no_pending_job_leaves_the_other_queues_the_plain_c
     assert dequeues
     assert {status(conn, job_id) for job_id in [*limited, other]} == {"completed"}
 
-    # A worker of other queues only never has it in reach.
+    # A worker that names other queues never has it in reach.
     dequeues.clear()
     pgqueue.add_job_to_queue(conn, name="noop", queue="limited")
     elsewhere = pgqueue.add_job_to_queue(conn, name="noop", queue="elsewhere")
