@@ -118,17 +118,16 @@ BEGIN: Final = "BEGIN"
 # job run in its transaction stays pending), then no row is claimed here; or a job's last start
 # never finished (a crash to settle), for any job picked: every row carries the same flag. A
 # limited queue with no pending job leaves the claim here: no row of it is there to pick (the same
-# snapshot), and the other queues' jobs keep the plain claim (when any limit did, a worker of
-# every queue with an empty limited queue drained 2.2-2.4k jobs/s, now 4.0-4.3k: PG 15, 4
-# threads). The question is an ordered walk of jobs_queue_dequeue_idx that stops at the queue's
-# first row (planned so even on the statistics of an empty table: test_claim_plans.py). A claim of
-# several reads the start records in one pass, by the picked ids (a lookup per job was planned as
-# a sequential scan per job while job_starts was small, and kept: 10-20 ms per claim of 50 at 16
-# threads once the table held the batches in flight); a claim of one looks its job up (about 10 µs
-# less). With no job due it returns one row of NULLs after that flag. The last column takes the
-# advisory lock that shows the job running. Sent through libpq directly (pgqueue._wire): $n
-# placeholders, each cast. Parameters: the queue (one) or the queues (several), then the names,
-# when the claim is narrowed to them.
+# snapshot), and the other queues' jobs keep the plain claim (README, Performance: the rate it
+# keeps for a worker of every queue). The question is an ordered walk of jobs_queue_dequeue_idx
+# that stops at the queue's first row (planned so even on the statistics of an empty table:
+# test_claim_plans.py). A claim of several reads the start records in one pass, by the picked ids
+# (a lookup per job was planned as a sequential scan per job while job_starts was small, and kept:
+# 10-20 ms per claim of 50 at 16 threads once the table held the batches in flight); a claim of
+# one looks its job up (about 10 µs less). With no job due it returns one row of NULLs after that
+# flag. The last column takes the advisory lock that shows the job running. Sent through libpq
+# directly (pgqueue._wire): $n placeholders, each cast. Parameters: the queue (one) or the queues
+# (several), then the names, when the claim is narrowed to them.
 _CLAIM_HEAD: Final = (
     b"WITH gate AS MATERIALIZED ("
     b" SELECT coalesce((SELECT j.lease_until FROM pgqueue.jobs j WHERE j.status = 'running'"

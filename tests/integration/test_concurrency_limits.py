@@ -383,11 +383,11 @@ def test_a_limited_queue_with_no_pending_job_leaves_the_other_queues_the_plain_c
     # A worker of every queue has every limited queue in reach. Any limit sent each of its
     # claims through pgqueue.dequeue, at about half the rate, even with the limited queue empty.
     pgqueue.configure_queue(conn, "limited", max_concurrency=1)
-    dequeues: list[int] = []  # the claims that went through pgqueue.dequeue
+    dequeues: list[Any] = []  # the pgqueue.dequeue calls sent after a plain claim
     run = _wire.ClaimTransaction.run
 
     def counted(self: Any, statements: Any) -> Any:
-        dequeues.extend(1 for s in statements if s.sql == _queries.DEQUEUE_WIRE)
+        dequeues.extend(s for s in statements if s.sql == _queries.DEQUEUE_WIRE)
         return run(self, statements)
 
     monkeypatch.setattr(_wire.ClaimTransaction, "run", counted)
