@@ -7,18 +7,20 @@ detected with inspect.signature and skipped with a note while it does not exist.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 import pgqueue
-from pgqueue import aio
+from pgqueue import aio, supervisor
 
 from .loading import bulk_enqueue, noop, pending_count, vacuum_analyze
 from .plan import Plan
@@ -47,6 +49,24 @@ def drain_threads(dsn: str, threads: int, *, batch_size: int = 0) -> tuple[float
     if left:
         raise RuntimeError(f"work_off() returned with {left} jobs still pending")
     return stats.completed / elapsed, stats.completed
+
+
+@contextlib.contextmanager
+def without_start_records() -> Iterator[None]:
+    """An ablation, not a mode pgqueue has: the workers made inside write no start records.
+
+    A start record is what counts an attempt whose handler killed its process (see "Jobs that
+    break their workers" in the README); the default mode writes one per claim on the worker's
+    side connection. Measured side by side with the real worker (scenario 8), the difference is
+    what crash accounting costs, and the rate without it what the rest of the worker reaches.
+    The finished attempts still go to the side connection once, when the worker stops.
+    """
+    saved = supervisor.to_record
+    supervisor.to_record = lambda jobs, token: None
+    try:
+        yield
+    finally:
+        supervisor.to_record = saved
 
 
 def drain_asyncio(dsn: str, slots: int) -> tuple[float, int]:

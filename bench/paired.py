@@ -3,9 +3,13 @@ peer's drain, back to back in rounds, so that each ratio compares rates taken wi
 
 Scenarios 2, 5 and 6 take their rates minutes apart, and these machines drift (the same code
 measured 30% apart within an hour): their ratios carry the drift. Here each round runs, per
-concurrency, the three one after the other, pgqueue in the middle and the order of the other two
-reversed every other round, so that a steady drift moves both neighbours alike. The ratios are
-taken per round; the targets read their median.
+concurrency, the parts one after the other, pgqueue in the middle and the order reversed every
+other round, so that a steady drift moves the neighbours alike. The ratios are taken per round;
+the targets read their median.
+
+Beside pgqueue runs the same drain without start records (``without_start_records``: an
+ablation, not a mode pgqueue has), so that each round also says what crash accounting costs
+and how far the rest of the worker gets without it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ceiling, peers
-from .drain import drain_threads
+from .drain import drain_threads, without_start_records
 from .loading import bulk_enqueue, vacuum_analyze
 from .plan import Plan
 from .server import Server
@@ -49,6 +53,11 @@ def _pgqueue(server: Server, plan: Plan, concurrency: int) -> float:
     return rate
 
 
+def _unrecorded(server: Server, plan: Plan, concurrency: int) -> float:
+    with without_start_records():
+        return _pgqueue(server, plan, concurrency)
+
+
 def _peer(server: Server, plan: Plan, name: str, concurrency: int, log: Any) -> float:
     step = f"drain_{concurrency}"
     result = peers.run_one(server, name, plan, lambda _: None, steps=[step])
@@ -63,7 +72,8 @@ def _peer(server: Server, plan: Plan, name: str, concurrency: int, log: Any) -> 
 def run(
     server: Server, plan: Plan, log: Any, peer_results: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Per concurrency, ``plan.repeats`` rounds of ceiling, pgqueue and peer back to back."""
+    """Per concurrency, ``plan.repeats`` rounds of ceiling, pgqueue, pgqueue without start
+    records and peer back to back."""
     pgbench = ceiling.find_pgbench(server)
     chosen = {c: _peer_for(c, peer_results) for c in plan.paired_concurrency}
     rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in plan.paired_concurrency}
@@ -73,25 +83,31 @@ def run(
             runs: dict[str, Callable[[], float]] = {
                 "ceiling": functools.partial(_ceiling, server, pgbench, plan, c),
                 "pgqueue": functools.partial(_pgqueue, server, plan, c),
+                "unrecorded": functools.partial(_unrecorded, server, plan, c),
                 "peer": functools.partial(_peer, server, plan, name, c, log),
             }
-            order = ["ceiling", "pgqueue", "peer"]
+            order = ["ceiling", "pgqueue", "unrecorded", "peer"]
             if repeat % 2:
                 order.reverse()
             rates: dict[str, float] = {part: runs[part]() for part in order}
             rates["to_ceiling"] = rates["pgqueue"] / rates["ceiling"]
             rates["to_peer"] = rates["pgqueue"] / rates["peer"]
+            rates["unrecorded_to_ceiling"] = rates["unrecorded"] / rates["ceiling"]
+            rates["unrecorded_to_peer"] = rates["unrecorded"] / rates["peer"]
             rounds[c].append({"order": order, **rates})
             log(
                 f"  C={c:<2} round {repeat + 1}: ceiling {rates['ceiling']:>6.0f}  pgqueue "
-                f"{rates['pgqueue']:>6.0f}  {name} {rates['peer']:>6.0f} jobs/s  ->  "
-                f"{rates['to_ceiling']:.2f} of the ceiling, {rates['to_peer']:.2f}x {name}"
+                f"{rates['pgqueue']:>6.0f}  (no start records {rates['unrecorded']:>6.0f})  "
+                f"{name} {rates['peer']:>6.0f} jobs/s  ->  {rates['to_ceiling']:.2f} of the "
+                f"ceiling, {rates['to_peer']:.2f}x {name} (no start records "
+                f"{rates['unrecorded_to_ceiling']:.2f}, {rates['unrecorded_to_peer']:.2f}x)"
             )
     result: dict[str, Any] = {
         "seconds": plan.ceiling_seconds,
         "jobs": plan.drain_jobs,
-        "note": "per round: pgbench 1-job ceiling, pgqueue default mode, peer drain, back to back "
-        "(the order reversed every other round); ratios per round, median reported",
+        "note": "per round: pgbench 1-job ceiling, pgqueue default mode, the same without start "
+        "records (an ablation), peer drain, back to back (the order reversed every other round); "
+        "ratios per round, median reported",
     }
     for c, measured in rounds.items():
         result[f"threads_{c}"] = {
@@ -102,5 +118,10 @@ def run(
             "pgqueue": statistics.median(r["pgqueue"] for r in measured),
             "ceiling": statistics.median(r["ceiling"] for r in measured),
             "peer_rate": statistics.median(r["peer"] for r in measured),
+            "unrecorded": statistics.median(r["unrecorded"] for r in measured),
+            "unrecorded_to_ceiling": statistics.median(
+                r["unrecorded_to_ceiling"] for r in measured
+            ),
+            "unrecorded_to_peer": statistics.median(r["unrecorded_to_peer"] for r in measured),
         }
     return result

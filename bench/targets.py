@@ -196,6 +196,9 @@ def _default_mode(
     )
     if apart is not None:
         measured += f"; minutes apart: {apart_text} = {apart:.2f}"
+    unrecorded = paired.get(f"unrecorded_{key}")
+    if isinstance(unrecorded, (int, float)):
+        measured += f"; without start records (an ablation): {unrecorded:.2f}"
     return _entry(target, measured, float(paired[key]), needed)
 
 
