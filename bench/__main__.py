@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "mode": "quick" if args.quick else "full",
             "scenarios": selected,
+            "only": args.only,
             "argv": sys.argv[1:],
             "plan": dataclasses.asdict(plan),
         },

@@ -289,6 +289,14 @@ def _peers(s: dict[str, Any], results: dict[str, Any]) -> str:
     return text
 
 
+def _run_kind(meta: dict[str, Any]) -> str:
+    """ "full run", "quick run", or with --only the scenarios it ran."""
+    kind = f"{meta['mode']} run"
+    if meta.get("only"):
+        kind += f", only {meta['only']}"
+    return kind
+
+
 def _paired(s: dict[str, Any]) -> str:
     data: Any = s.get("paired")
     if _err(data):
@@ -385,7 +393,7 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
     s = results.get("scenarios", {})
     git = machine.get("git") or {}
     parts = [
-        f"# pgqueue benchmark, {meta['date']} ({meta['mode']} run, {meta.get('runtime_s')} s)",
+        f"# pgqueue benchmark, {meta['date']} ({_run_kind(meta)}, {meta.get('runtime_s')} s)",
         f"Postgres {settings.get('server_version')} "
         f"({'embedded, temp dir' if (results.get('server') or {}).get('embedded') else 'given by --dsn'}): "
         f"{summary(settings, sep=', ')}. "

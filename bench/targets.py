@@ -112,7 +112,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.8,
         )
     )
-    batch_note = "" if b16 is not None else " (batch mode not available yet)"
+    available = _get(s, "drain", "batch_mode", "available")
+    batch_note = " (batch mode not available yet)" if available is False else ""
     out.append(
         _entry(
             "Batch mode, 16 threads >= 2x the best peer at concurrency 16",
