@@ -290,7 +290,7 @@ def _peers(s: dict[str, Any], results: dict[str, Any]) -> str:
 
 
 def _run_kind(meta: dict[str, Any]) -> str:
-    """ "full run", "quick run", or with --only the scenarios it ran."""
+    """The run's kind for the report's title: full or quick, and the scenarios of --only."""
     kind = f"{meta['mode']} run"
     if meta.get("only"):
         kind += f", only {meta['only']}"
