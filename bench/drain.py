@@ -53,7 +53,7 @@ def drain_threads(dsn: str, threads: int, *, batch_size: int = 0) -> tuple[float
 
 @contextlib.contextmanager
 def without_start_records() -> Iterator[None]:
-    """An ablation, not a mode pgqueue has: the workers made inside write no start records.
+    """An ablation, not a mode pgqueue has: the JobQueueWorkers made inside write no start records.
 
     A start record is what counts an attempt whose handler killed its process (see "Jobs that
     break their workers" in the README); the default mode writes one per claim on the worker's

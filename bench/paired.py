@@ -30,6 +30,19 @@ from .targets import best_peer
 #: The peer measured when scenario 6 did not run (or no peer drained): the best one on record.
 DEFAULT_PEER = "pgqueuer"
 
+#: The two pgqueue drains of a round, each with the prefix of its ratios' keys.
+_DRAINS = (("", "pgqueue"), ("unrecorded_", "unrecorded"))
+#: What a concurrency's result gives the median of, beside the peer's rate (``peer_rate``).
+_MEDIANS = (
+    "ceiling",
+    "pgqueue",
+    "to_ceiling",
+    "to_peer",
+    "unrecorded",
+    "unrecorded_to_ceiling",
+    "unrecorded_to_peer",
+)
+
 
 def _peer_for(concurrency: int, peer_results: dict[str, Any] | None) -> str:
     """The peer with the best drain at ``concurrency`` in scenario 6, or DEFAULT_PEER."""
@@ -90,10 +103,9 @@ def run(
             if repeat % 2:
                 order.reverse()
             rates: dict[str, float] = {part: runs[part]() for part in order}
-            rates["to_ceiling"] = rates["pgqueue"] / rates["ceiling"]
-            rates["to_peer"] = rates["pgqueue"] / rates["peer"]
-            rates["unrecorded_to_ceiling"] = rates["unrecorded"] / rates["ceiling"]
-            rates["unrecorded_to_peer"] = rates["unrecorded"] / rates["peer"]
+            for prefix, part in _DRAINS:
+                rates[f"{prefix}to_ceiling"] = rates[part] / rates["ceiling"]
+                rates[f"{prefix}to_peer"] = rates[part] / rates["peer"]
             rounds[c].append({"order": order, **rates})
             log(
                 f"  C={c:<2} round {repeat + 1}: ceiling {rates['ceiling']:>6.0f}  pgqueue "
@@ -110,18 +122,11 @@ def run(
         "ratios per round, median reported",
     }
     for c, measured in rounds.items():
+        medians = {key: statistics.median(r[key] for r in measured) for key in _MEDIANS}
         result[f"threads_{c}"] = {
             "peer": chosen[c],
             "rounds": measured,
-            "to_ceiling": statistics.median(r["to_ceiling"] for r in measured),
-            "to_peer": statistics.median(r["to_peer"] for r in measured),
-            "pgqueue": statistics.median(r["pgqueue"] for r in measured),
-            "ceiling": statistics.median(r["ceiling"] for r in measured),
+            **medians,
             "peer_rate": statistics.median(r["peer"] for r in measured),
-            "unrecorded": statistics.median(r["unrecorded"] for r in measured),
-            "unrecorded_to_ceiling": statistics.median(
-                r["unrecorded_to_ceiling"] for r in measured
-            ),
-            "unrecorded_to_peer": statistics.median(r["unrecorded_to_peer"] for r in measured),
         }
     return result
